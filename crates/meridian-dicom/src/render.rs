@@ -1,0 +1,159 @@
+//! Pixel access for WADO-RS: frames (raw or decoded) and rendered images.
+
+use dicom_core::header::HasLength;
+use dicom_core::value::Value;
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions, file::ReadPreamble};
+use dicom_pixeldata::{ConvertOptions, PixelDecoder, VoiLutOption, WindowLevel};
+use image::{DynamicImage, ImageFormat, imageops::FilterType};
+use thiserror::Error;
+
+use crate::parse::get_str;
+
+#[derive(Debug, Error)]
+pub enum RenderError {
+    #[error("cannot read stored object: {0}")]
+    Read(String),
+    #[error("the instance has no pixel data")]
+    NoPixelData,
+    #[error("frame {0} does not exist (the instance has {1})")]
+    NoSuchFrame(u32, u32),
+    #[error("cannot decode pixel data: {0}")]
+    Decode(String),
+    #[error("cannot encode image: {0}")]
+    Encode(String),
+}
+
+/// Opens a stored (already validated) Part 10 file from memory.
+pub fn open_stored(bytes: &[u8]) -> Result<DefaultDicomObject, RenderError> {
+    OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Always)
+        .from_reader(bytes)
+        .map_err(|e| RenderError::Read(e.to_string()))
+}
+
+/// Opens a stored file up to (not including) its pixel data: for metadata.
+pub fn open_stored_header(bytes: &[u8]) -> Result<DefaultDicomObject, RenderError> {
+    OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Always)
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(bytes)
+        .map_err(|e| RenderError::Read(e.to_string()))
+}
+
+/// Number of frames of an instance (1 when NumberOfFrames is absent).
+pub fn number_of_frames(obj: &DefaultDicomObject) -> u32 {
+    get_str(obj, tags::NUMBER_OF_FRAMES).and_then(|s| s.trim().parse().ok()).filter(|n| *n > 0).unwrap_or(1)
+}
+
+/// The frame as stored: the encapsulated bitstream for compressed syntaxes,
+/// the native bytes otherwise. `frame` is 0-based.
+pub fn stored_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Vec<u8>, RenderError> {
+    let n = number_of_frames(obj);
+    if frame >= n {
+        return Err(RenderError::NoSuchFrame(frame + 1, n));
+    }
+    let e = obj.element(tags::PIXEL_DATA).map_err(|_| RenderError::NoPixelData)?;
+    match e.value() {
+        Value::PixelSequence(ps) => {
+            let frags = ps.fragments();
+            let bot = ps.offset_table();
+            if frags.len() == n as usize {
+                return Ok(frags[frame as usize].to_vec());
+            }
+            if n == 1 {
+                return Ok(frags.iter().flat_map(|f| f.iter().copied()).collect());
+            }
+            if bot.len() == n as usize {
+                // Map byte offsets (from the first fragment's item tag) to fragments.
+                let mut pos = 0u32;
+                let start = bot[frame as usize];
+                let end = bot.get(frame as usize + 1).copied().unwrap_or(u32::MAX);
+                let mut out = Vec::new();
+                for f in frags {
+                    if pos >= start && pos < end {
+                        out.extend_from_slice(f);
+                    }
+                    pos = pos.saturating_add(8 + f.len() as u32);
+                }
+                return Ok(out);
+            }
+            Err(RenderError::Decode("cannot split fragments into frames".into()))
+        }
+        Value::Primitive(p) => {
+            let bytes = p.to_bytes();
+            let len = bytes.len() / n as usize;
+            let start = len * frame as usize;
+            Ok(bytes[start..start + len].to_vec())
+        }
+        Value::Sequence(_) => Err(RenderError::NoPixelData),
+    }
+}
+
+/// The frame decoded to native little-endian samples (interleaved).
+pub fn decoded_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Vec<u8>, RenderError> {
+    let n = number_of_frames(obj);
+    if frame >= n {
+        return Err(RenderError::NoSuchFrame(frame + 1, n));
+    }
+    let d = obj.decode_pixel_data_frame(frame).map_err(|e| RenderError::Decode(e.to_string()))?;
+    Ok(d.data().to_vec())
+}
+
+/// Output format of a rendered image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jpeg { quality: u8 },
+    Png,
+}
+
+/// Rendering parameters (PS3.18 8.3.5).
+#[derive(Debug, Clone, Default)]
+pub struct RenderParams {
+    /// 0-based frame.
+    pub frame: u32,
+    /// Window centre and width.
+    pub window: Option<(f64, f64)>,
+    /// Viewport width and height: the image is scaled to fit inside.
+    pub viewport: Option<(u32, u32)>,
+}
+
+/// Renders a frame to JPEG or PNG.
+pub fn render(obj: &DefaultDicomObject, params: &RenderParams, format: Format) -> Result<Vec<u8>, RenderError> {
+    if obj.element(tags::PIXEL_DATA).map(|e| e.header().is_empty()).unwrap_or(true) {
+        return Err(RenderError::NoPixelData);
+    }
+    let n = number_of_frames(obj);
+    if params.frame >= n {
+        return Err(RenderError::NoSuchFrame(params.frame + 1, n));
+    }
+    let decoded = obj.decode_pixel_data_frame(params.frame).map_err(|e| RenderError::Decode(e.to_string()))?;
+    let mut opts = ConvertOptions::new().force_8bit();
+    opts = match params.window {
+        Some((center, width)) => opts.with_voi_lut(VoiLutOption::Custom(WindowLevel { center, width: width.max(1.0) })),
+        None => opts.with_voi_lut(VoiLutOption::First),
+    };
+    let img = decoded.to_dynamic_image_with_options(0, &opts).map_err(|e| RenderError::Decode(e.to_string()))?;
+    let img = match params.viewport {
+        Some((w, h)) if w > 0 && h > 0 && (w < img.width() || h < img.height()) => img.resize(w, h, FilterType::Triangle),
+        _ => img,
+    };
+    encode(img, format)
+}
+
+fn encode(img: DynamicImage, format: Format) -> Result<Vec<u8>, RenderError> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    match format {
+        Format::Png => img.write_to(&mut out, ImageFormat::Png).map_err(|e| RenderError::Encode(e.to_string()))?,
+        Format::Jpeg { quality } => {
+            let img = match img {
+                DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => img,
+                DynamicImage::ImageLumaA8(_) | DynamicImage::ImageLuma16(_) | DynamicImage::ImageLumaA16(_) => DynamicImage::ImageLuma8(img.to_luma8()),
+                _ => DynamicImage::ImageRgb8(img.to_rgb8()),
+            };
+            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
+            img.write_with_encoder(enc).map_err(|e| RenderError::Encode(e.to_string()))?;
+        }
+    }
+    Ok(out.into_inner())
+}
