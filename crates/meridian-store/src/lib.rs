@@ -1,1 +1,352 @@
-// placeholder
+//! Meridian's storage layer: the archive index (SQLite or PostgreSQL through
+//! sqlx `Any`, one set of portable migrations) and instance files (through
+//! `object_store`, local filesystem by default).
+//!
+//! Invariants:
+//! - an instance is acknowledged only after its file is durable (fsync of
+//!   file and directory) and then its index row is committed: file first,
+//!   index second, so no row ever lacks its file;
+//! - object keys are built from validated UIDs only;
+//! - a re-sent SOP Instance UID never duplicates (keep-first or replace);
+//! - study stability is derived from timestamps in the index and claimed by
+//!   a conditional update, so a restart loses nothing and several nodes on
+//!   one PostgreSQL fire each stable event once.
+
+mod blobs;
+mod db;
+mod query;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use blobs::Blobs;
+pub use db::DbKind;
+pub use query::{InstanceRef, QueryRow};
+use meridian_dicom::InstanceInfo;
+use thiserror::Error;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Storage failures.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("object store error: {0}")]
+    Blob(#[from] object_store::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid UID for a storage key: {0}")]
+    BadKey(String),
+    #[error("storage is shutting down")]
+    Closed,
+    #[error("migration {0} failed: {1}")]
+    Migration(i64, String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// What happens when an instance with a known SOP Instance UID arrives again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DuplicatePolicy {
+    /// Keep the first copy; the new one is acknowledged and discarded.
+    #[default]
+    KeepFirst,
+    /// Replace the stored copy with the new one.
+    Replace,
+}
+
+impl std::str::FromStr for DuplicatePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "keep-first" => Ok(DuplicatePolicy::KeepFirst),
+            "replace" => Ok(DuplicatePolicy::Replace),
+            other => Err(format!("unknown duplicate policy `{other}` (keep-first or replace)")),
+        }
+    }
+}
+
+/// Outcome of storing one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    Stored,
+    /// Already present; kept the first copy.
+    Duplicate,
+    /// Already present; replaced.
+    Replaced,
+}
+
+/// Storage configuration.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; defaults to SQLite in the data dir.
+    pub database_url: Option<String>,
+    pub duplicate_policy: DuplicatePolicy,
+    /// Whether to fsync files and directories before acknowledging.
+    pub fsync: bool,
+}
+
+/// A study event published on the internal bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StudyEvent {
+    pub study_uid: String,
+    pub kind: String,
+    pub at_ms: i64,
+}
+
+/// The archive store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: db::Db,
+    blobs: Blobs,
+    writer: mpsc::Sender<writer::Job>,
+    policy: DuplicatePolicy,
+    events: broadcast::Sender<StudyEvent>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Builds the object key of an instance from its (validated) UIDs.
+pub fn object_key(info: &InstanceInfo, nonce: u64) -> Result<String, StoreError> {
+    for u in [&info.study_uid, &info.series_uid, &info.sop_instance_uid] {
+        meridian_core::validate_uid(u).map_err(|e| StoreError::BadKey(format!("{u:?}: {e}")))?;
+    }
+    Ok(format!("{}/{}/{}.{:016x}.dcm", info.study_uid, info.series_uid, info.sop_instance_uid, nonce))
+}
+
+impl Store {
+    /// Opens (creating if needed) the store and runs migrations.
+    pub async fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let url = match &cfg.database_url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}?mode=rwc", cfg.data_dir.join("index.db").display()),
+        };
+        let db = db::Db::connect(&url).await?;
+        db.migrate().await?;
+        let blobs = Blobs::local(&cfg.data_dir.join("objects"), cfg.fsync)?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer::run(db.clone(), rx, cfg.duplicate_policy));
+        let (events, _) = broadcast::channel(1024);
+        Ok(Store { inner: Arc::new(Inner { db, blobs, writer: tx, policy: cfg.duplicate_policy, events }) })
+    }
+
+    pub fn db_kind(&self) -> DbKind {
+        self.inner.db.kind
+    }
+
+    pub fn blobs(&self) -> &Blobs {
+        &self.inner.blobs
+    }
+
+    /// Subscribes to study events (e.g. `stable`).
+    pub fn subscribe(&self) -> broadcast::Receiver<StudyEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Stores one validated instance: file durably first, then its index row.
+    /// Returns only when both are durable.
+    pub async fn store(&self, info: InstanceInfo, file: bytes::Bytes) -> Result<StoreOutcome, StoreError> {
+        if self.inner.policy == DuplicatePolicy::KeepFirst && self.contains(&info.sop_instance_uid).await? {
+            return Ok(StoreOutcome::Duplicate);
+        }
+        let key = object_key(&info, rand_u64())?;
+        let size = file.len() as i64;
+        self.inner.blobs.put_durable(&key, file).await?;
+        let (reply, rx) = oneshot::channel();
+        let job = writer::Job { info, key: key.clone(), size, reply };
+        if self.inner.writer.send(job).await.is_err() {
+            return Err(StoreError::Closed);
+        }
+        let res = rx.await.map_err(|_| StoreError::Closed)?;
+        match res {
+            Ok(writer::Written::Inserted) => Ok(StoreOutcome::Stored),
+            Ok(writer::Written::Duplicate) => {
+                // Lost a race with another copy: drop ours.
+                self.inner.blobs.delete(&key).await.ok();
+                Ok(StoreOutcome::Duplicate)
+            }
+            Ok(writer::Written::Replaced(old)) => {
+                self.inner.blobs.delete(&old).await.ok();
+                Ok(StoreOutcome::Replaced)
+            }
+            Err(e) => {
+                self.inner.blobs.delete(&key).await.ok();
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether an instance is indexed.
+    pub async fn contains(&self, sop_uid: &str) -> Result<bool, StoreError> {
+        let n: Option<(String,)> = sqlx::query_as("SELECT sop_uid FROM instances WHERE sop_uid = $1")
+            .bind(sop_uid)
+            .fetch_optional(&self.inner.db.pool)
+            .await?;
+        Ok(n.is_some())
+    }
+
+    /// Runs a C-FIND / QIDO query.
+    pub async fn find(&self, q: &meridian_core::Query) -> Result<Vec<QueryRow>, StoreError> {
+        query::find(&self.inner.db, q).await
+    }
+
+    /// Instances under a study / series / instance, ordered for retrieval.
+    pub async fn instances(&self, study: Option<&str>, series: Option<&str>, sop: Option<&str>) -> Result<Vec<InstanceRef>, StoreError> {
+        query::instances(&self.inner.db, study, series, sop).await
+    }
+
+    /// Instances matching a C-MOVE/C-GET identifier at a level (UID lists allowed).
+    pub async fn instances_for_query(&self, q: &meridian_core::Query) -> Result<Vec<InstanceRef>, StoreError> {
+        query::instances_for_query(&self.inner.db, q).await
+    }
+
+    /// Reads a stored file.
+    pub async fn read(&self, key: &str) -> Result<bytes::Bytes, StoreError> {
+        self.inner.blobs.get(key).await
+    }
+
+    /// Marks studies with no new instance for `quiet_ms` as stable, claiming
+    /// each with a conditional update (exactly one node wins), records a
+    /// `stable` event in the outbox and publishes it. Returns the events fired.
+    pub async fn sweep_stable(&self, quiet_ms: i64, now: i64) -> Result<Vec<StudyEvent>, StoreError> {
+        let cutoff = now - quiet_ms;
+        let pool = &self.inner.db.pool;
+        let candidates: Vec<(String,)> =
+            sqlx::query_as("SELECT study_uid FROM studies WHERE stable_at IS NULL AND updated_at <= $1 ORDER BY updated_at LIMIT 500")
+                .bind(cutoff)
+                .fetch_all(pool)
+                .await?;
+        let mut fired = Vec::new();
+        for (uid,) in candidates {
+            let mut tx = pool.begin().await?;
+            let r = sqlx::query("UPDATE studies SET stable_at = $1 WHERE study_uid = $2 AND stable_at IS NULL AND updated_at <= $3")
+                .bind(now)
+                .bind(&uid)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
+            if r.rows_affected() == 1 {
+                sqlx::query("INSERT INTO study_events (id, study_uid, kind, at) VALUES ($1, $2, $3, $4)")
+                    .bind(format!("{now:013}-{:016x}", rand_u64()))
+                    .bind(&uid)
+                    .bind("stable")
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                let ev = StudyEvent { study_uid: uid, kind: "stable".into(), at_ms: now };
+                let _ = self.inner.events.send(ev.clone());
+                fired.push(ev);
+            } else {
+                tx.rollback().await?;
+            }
+        }
+        Ok(fired)
+    }
+
+    /// Events recorded in the outbox since `since_ms` (inclusive), oldest first.
+    pub async fn events_since(&self, since_ms: i64) -> Result<Vec<StudyEvent>, StoreError> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT study_uid, kind, at FROM study_events WHERE at >= $1 ORDER BY at, id")
+                .bind(since_ms)
+                .fetch_all(&self.inner.db.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(study_uid, kind, at_ms)| StudyEvent { study_uid, kind, at_ms }).collect())
+    }
+
+    /// Stability state of a study: `Some(stable_at)` once stable.
+    pub async fn study_stable_at(&self, study_uid: &str) -> Result<Option<Option<i64>>, StoreError> {
+        let r: Option<(Option<i64>,)> = sqlx::query_as("SELECT stable_at FROM studies WHERE study_uid = $1")
+            .bind(study_uid)
+            .fetch_optional(&self.inner.db.pool)
+            .await?;
+        Ok(r.map(|(s,)| s))
+    }
+
+    /// Counts of studies, series and instances.
+    pub async fn counts(&self) -> Result<(i64, i64, i64), StoreError> {
+        let pool = &self.inner.db.pool;
+        let (a,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM studies").fetch_one(pool).await?;
+        let (b,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM series").fetch_one(pool).await?;
+        let (c,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM instances").fetch_one(pool).await?;
+        Ok((a, b, c))
+    }
+
+    /// Checks that every indexed instance has its file with the recorded size,
+    /// and lists files no index row refers to.
+    pub async fn fsck(&self) -> Result<FsckReport, StoreError> {
+        use futures::TryStreamExt;
+        let pool = &self.inner.db.pool;
+        let mut rows = sqlx::query_as::<_, (String, String, i64)>("SELECT sop_uid, object_key, size FROM instances").fetch(pool);
+        let mut report = FsckReport::default();
+        let mut known = std::collections::HashSet::new();
+        while let Some((sop, key, size)) = rows.try_next().await? {
+            report.checked += 1;
+            match self.inner.blobs.size(&key).await? {
+                None => report.missing.push((sop, key.clone())),
+                Some(s) if s as i64 != size => report.wrong_size.push((sop, key.clone(), size, s as i64)),
+                Some(_) => {}
+            }
+            known.insert(key);
+        }
+        for key in self.inner.blobs.list_all().await? {
+            if !known.contains(&key) {
+                report.orphans.push(key);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.inner.db.pool.close().await;
+    }
+}
+
+/// Result of [`Store::fsck`].
+#[derive(Debug, Default)]
+pub struct FsckReport {
+    pub checked: u64,
+    /// (SOP Instance UID, key) of rows whose file is missing.
+    pub missing: Vec<(String, String)>,
+    /// (SOP Instance UID, key, expected, found).
+    pub wrong_size: Vec<(String, String, i64, i64)>,
+    /// Files with no index row (harmless leftovers of interrupted stores).
+    pub orphans: Vec<String>,
+}
+
+impl FsckReport {
+    /// Whether the index and the files agree (orphans are not errors).
+    pub fn is_consistent(&self) -> bool {
+        self.missing.is_empty() && self.wrong_size.is_empty()
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CTR: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let c = CTR.fetch_add(1, Ordering::Relaxed);
+    // SplitMix64 of time, counter and pid: unique per process, unpredictable enough for keys.
+    let mut z = t ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id()).rotate_left(32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Default data directory path helper.
+pub fn default_db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("index.db")
+}

@@ -87,7 +87,11 @@ impl Builder {
 
     pub(crate) fn ds_multi(&mut self, tag: Tag, values: &[f64]) {
         let strs: Vec<String> = values.iter().map(|&v| ds(v)).collect();
-        self.put(tag, VR::DS, PrimitiveValue::Strs(strs.into_iter().collect()));
+        self.put(
+            tag,
+            VR::DS,
+            PrimitiveValue::Strs(strs.into_iter().collect()),
+        );
     }
 
     pub(crate) fn is(&mut self, tag: Tag, value: i64) {
@@ -95,7 +99,11 @@ impl Builder {
     }
 
     pub(crate) fn at(&mut self, tag: Tag, value: Tag) {
-        self.put(tag, VR::AT, PrimitiveValue::Tags([value].into_iter().collect()));
+        self.put(
+            tag,
+            VR::AT,
+            PrimitiveValue::Tags([value].into_iter().collect()),
+        );
     }
 
     /// Image pixel module basics shared by all generated images.
@@ -113,17 +121,29 @@ impl Builder {
         self.us(tags::PIXEL_REPRESENTATION, u16::from(p.signed));
     }
 
-    /// Adds the pixel data and encodes the complete Part 10 file.
+    /// Encodes the complete Part 10 file, with `pixels` as Pixel Data.
+    ///
+    /// dicom-rs writes everything up to the pixel data; the Pixel Data
+    /// element, which is the last element of the data set, is appended
+    /// directly in Explicit VR Little Endian form. This avoids dicom-rs
+    /// cloning the (up to ~28 MB) value into its token stream, which would
+    /// double peak memory and is very slow in debug builds.
     pub(crate) fn finish(
-        mut self,
+        self,
         pixel_vr: VR,
         pixels: Vec<u8>,
         description: String,
         sop_instance_uid: String,
         study_instance_uid: String,
     ) -> Result<SynthInstance, SynthError> {
-        let capacity = pixels.len() + 8 * 1024;
-        self.put(tags::PIXEL_DATA, pixel_vr, PrimitiveValue::from(pixels));
+        debug_assert!(matches!(pixel_vr, VR::OB | VR::OW));
+        let padded_len = pixels.len() + pixels.len() % 2;
+        let value_len = u32::try_from(padded_len).map_err(|_| {
+            SynthError::InvalidOption(format!(
+                "pixel data of {} bytes exceeds the DICOM element size limit",
+                pixels.len()
+            ))
+        })?;
         let file = self
             .obj
             .with_meta(
@@ -133,9 +153,21 @@ impl Builder {
                     .implementation_version_name(IMPLEMENTATION_VERSION_NAME),
             )
             .map_err(|e| SynthError::Meta(Box::new(e)))?;
-        let mut bytes = Vec::with_capacity(capacity);
+        let mut bytes = Vec::with_capacity(padded_len + 8 * 1024);
         file.write_all(&mut bytes)
             .map_err(|e| SynthError::Encode(Box::new(e)))?;
+        // (7FE0,0010) OB/OW, explicit VR little endian: tag, VR, 2 reserved
+        // bytes, 32-bit length, value (padded to even length).
+        let tag = tags::PIXEL_DATA;
+        bytes.extend_from_slice(&tag.group().to_le_bytes());
+        bytes.extend_from_slice(&tag.element().to_le_bytes());
+        bytes.extend_from_slice(pixel_vr.to_bytes().as_slice());
+        bytes.extend_from_slice(&[0, 0]);
+        bytes.extend_from_slice(&value_len.to_le_bytes());
+        bytes.extend_from_slice(&pixels);
+        if pixels.len() % 2 == 1 {
+            bytes.push(0);
+        }
         Ok(SynthInstance {
             description,
             sop_instance_uid,
@@ -166,12 +198,23 @@ pub(crate) struct InstanceUids {
 }
 
 impl InstanceUids {
-    pub(crate) fn new(seed: u64, study: &StudyDef, series: &SeriesDef, index: usize) -> Self {
+    /// `variant` distinguishes differently shaped versions of one series
+    /// (the CT slice count), so they never share series or instance UIDs.
+    pub(crate) fn new(
+        seed: u64,
+        study: &StudyDef,
+        series: &SeriesDef,
+        variant: u64,
+        index: usize,
+    ) -> Self {
         let s = u64::from(series.number);
         InstanceUids {
             study: uid::uid(seed, &[uid::ROLE_STUDY, study.key]),
-            series: uid::uid(seed, &[uid::ROLE_SERIES, study.key, s]),
-            instance: uid::uid(seed, &[uid::ROLE_INSTANCE, study.key, s, index as u64]),
+            series: uid::uid(seed, &[uid::ROLE_SERIES, study.key, s, variant]),
+            instance: uid::uid(
+                seed,
+                &[uid::ROLE_INSTANCE, study.key, s, variant, index as u64],
+            ),
             frame_of_reference: uid::uid(seed, &[uid::ROLE_FRAME_OF_REFERENCE, study.key]),
         }
     }
@@ -217,7 +260,11 @@ pub(crate) fn header(
     b.str(tags::MODALITY, VR::CS, study.modality);
     b.str(tags::MANUFACTURER, VR::LO, "Meridian synthetic");
     b.str(tags::INSTITUTION_NAME, VR::LO, "Meridian Demo Hospital");
-    b.str(tags::REFERRING_PHYSICIAN_NAME, VR::PN, "DEMO^Referring^Physician");
+    b.str(
+        tags::REFERRING_PHYSICIAN_NAME,
+        VR::PN,
+        "DEMO^Referring^Physician",
+    );
     b.str(tags::STATION_NAME, VR::SH, "MERIDIAN-SYNTH");
     b.str(tags::STUDY_DESCRIPTION, VR::LO, study.description);
     b.str(tags::SERIES_DESCRIPTION, VR::LO, series.description);
@@ -257,15 +304,6 @@ pub(crate) fn header(
     b.str(tags::BURNED_IN_ANNOTATION, VR::CS, "NO");
     b.str(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
     b
-}
-
-/// Little-endian bytes of 16-bit samples.
-pub(crate) fn le_bytes_i16(px: &[i16]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(px.len() * 2);
-    for v in px {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
 }
 
 /// Little-endian bytes of unsigned 16-bit samples.

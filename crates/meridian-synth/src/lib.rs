@@ -116,8 +116,14 @@ pub(crate) struct Ctx {
 /// One unit of work: a single output instance.
 #[derive(Clone, Copy, Debug)]
 enum Job {
-    Ct { index: usize, total: usize },
-    Mr { weighting: mr::Weighting, index: usize },
+    Ct {
+        index: usize,
+        total: usize,
+    },
+    Mr {
+        weighting: mr::Weighting,
+        index: usize,
+    },
     Cr,
     Us,
 }
@@ -140,8 +146,11 @@ pub fn demo_instances(
 
 /// The demo CT series alone, with `slices` slices spread over the same
 /// 300 mm chest phantom (useful for benchmarks). `opts.ct_slices` is ignored.
-/// Study and series UIDs are those of the CT study of [`demo_instances`]
-/// with the same seed.
+///
+/// The Study Instance UID is that of the CT study of [`demo_instances`] with
+/// the same seed; series and instance UIDs also depend on `slices`, so series
+/// of different lengths never collide (with `slices == opts.ct_slices` the
+/// output is identical to the CT part of [`demo_instances`]).
 pub fn ct_series(
     opts: &DemoOptions,
     slices: usize,
@@ -225,7 +234,7 @@ fn digits(s: &str) -> Option<u32> {
 }
 
 fn valid_da(s: &str) -> bool {
-    if s.len() != 8 {
+    if s.len() != 8 || !s.is_ascii() {
         return false;
     }
     match (digits(&s[0..4]), digits(&s[4..6]), digits(&s[6..8])) {
@@ -238,7 +247,7 @@ fn valid_da(s: &str) -> bool {
 
 fn days_in_month(y: u32, m: u32) -> u32 {
     match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 if (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400) => 29,
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,

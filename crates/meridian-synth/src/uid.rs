@@ -76,6 +76,25 @@ impl Noise {
     }
 }
 
+/// A fixed table of triangular noise in `-16..=16`, 65536 entries, built
+/// once per process. Image noise reads it at a per-row pseudo-random offset:
+/// a cheap inner loop (plain indexing), which matters in debug builds.
+pub(crate) fn noise_table() -> &'static [i16] {
+    static TABLE: std::sync::OnceLock<Vec<i16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut n = Noise::new(0x4E4F_4953, 0x45, 0);
+        (0..NOISE_LEN).map(|_| n.tri(16) as i16).collect()
+    })
+}
+
+/// Length of [`noise_table`] (a power of two).
+pub(crate) const NOISE_LEN: usize = 1 << 16;
+
+/// Pseudo-random start offset into [`noise_table`] for one image row.
+pub(crate) fn noise_offset(a: u64, b: u64, row: usize) -> usize {
+    (mix64(a ^ mix64(b ^ mix64(row as u64))) as usize) & (NOISE_LEN - 1)
+}
+
 /// Hash of a 2-D integer coordinate, for spatially fixed speckle patterns.
 #[inline]
 pub(crate) fn hash2(x: u32, y: u32, salt: u32) -> u32 {

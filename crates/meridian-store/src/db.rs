@@ -1,0 +1,85 @@
+//! Database connection (sqlx `Any`) and the embedded migration runner.
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+
+use crate::StoreError;
+
+/// Which database backs the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub(crate) struct Db {
+    pub pool: AnyPool,
+    pub kind: DbKind,
+}
+
+/// Migrations, in order. Each is portable SQL run in one transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_archive.sql"))];
+
+impl Db {
+    pub async fn connect(url: &str) -> Result<Db, StoreError> {
+        install_default_drivers();
+        let kind = if url.starts_with("sqlite:") {
+            DbKind::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            DbKind::Postgres
+        } else {
+            return Err(StoreError::Config("database URL must start with sqlite: or postgres:".into()));
+        };
+        let mut opts = AnyPoolOptions::new().max_connections(if kind == DbKind::Sqlite { 8 } else { 16 });
+        if kind == DbKind::Sqlite {
+            opts = opts.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL with FULL sync: a commit is durable when it returns.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    // DICOM matching is case-sensitive; make LIKE agree with PostgreSQL.
+                    conn.execute("PRAGMA case_sensitive_like = ON").await?;
+                    conn.execute("PRAGMA cache_size = -65536").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts.connect(url).await?;
+        Ok(Db { pool, kind })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.pool
+            .execute("CREATE TABLE IF NOT EXISTS meridian_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .await?;
+        for (version, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            let done: Option<(i64,)> = sqlx::query_as("SELECT version FROM meridian_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if done.is_some() {
+                tx.rollback().await?;
+                continue;
+            }
+            for stmt in split_statements(sql) {
+                tx.execute(sqlx::AssertSqlSafe(stmt)).await.map_err(|e| StoreError::Migration(*version, e.to_string()))?;
+            }
+            sqlx::query("INSERT INTO meridian_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(crate::now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits a migration into statements (no semicolons inside literals in our SQL).
+fn split_statements(sql: &str) -> Vec<String> {
+    let no_comments: String = sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    no_comments.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
