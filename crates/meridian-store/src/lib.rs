@@ -13,6 +13,7 @@
 //!   one PostgreSQL fire each stable event once.
 
 mod blobs;
+pub mod ingest;
 mod db;
 mod query;
 mod writer;

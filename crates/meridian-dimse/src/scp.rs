@@ -1,0 +1,561 @@
+//! The DIMSE SCP: C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_core::value::Value;
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use dicom_ul::association::server::{AcceptAny, AsyncServerAssociation, Negotiation, ServerAssociationOptions};
+use dicom_ul::association::Association;
+use dicom_ul::pdu::{PresentationContextResultReason, RequestorRoles};
+use meridian_core::attrs::{self, Level};
+use meridian_core::{Query, QueryError};
+use meridian_dicom::parse::{self, Limits};
+use meridian_dicom::sop;
+use meridian_store::ingest::{Ingest, Input};
+use meridian_store::{InstanceRef, Store};
+use prometheus::IntGauge;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::msg::{self, DimseError, Incoming, Message, cmd, el_error_comment, el_u16, el_ui};
+use crate::scu::StoreScu;
+
+static OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
+    let g = IntGauge::new("meridian_open_associations", "Open DICOM associations").expect("metric");
+    prometheus::register(Box::new(g.clone())).ok();
+    g
+});
+
+/// A DICOM peer that C-MOVE may send to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for Peer {
+    type Err = String;
+    /// `AET@HOST:PORT`
+    fn from_str(s: &str) -> Result<Peer, String> {
+        let (ae, addr) = s.split_once('@').ok_or_else(|| format!("peer `{s}` is not AET@HOST:PORT"))?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("peer `{s}` has no :PORT"))?;
+        let port: u16 = port.parse().map_err(|_| format!("peer `{s}` has a bad port"))?;
+        if ae.is_empty() || ae.len() > 16 || host.is_empty() {
+            return Err(format!("peer `{s}`: AE title must be 1-16 characters and host non-empty"));
+        }
+        Ok(Peer { ae_title: ae.to_owned(), host: host.to_owned(), port })
+    }
+}
+
+/// SCP settings.
+#[derive(Debug, Clone)]
+pub struct ScpConfig {
+    pub ae_title: String,
+    pub max_pdu: u32,
+    pub idle_timeout: Duration,
+    pub max_associations: usize,
+    pub peers: Vec<Peer>,
+}
+
+struct RoleNegotiation;
+
+impl Negotiation for RoleNegotiation {
+    fn negotiate_roles(&self, sop_class_uid: &str, scu_role: bool, scp_role: bool) -> Option<RequestorRoles> {
+        // C-GET: the requester takes the SCP role for storage classes.
+        sop::is_storage_sop_class(sop_class_uid).then_some(RequestorRoles { scu: scu_role, scp: scp_role })
+    }
+}
+
+/// The running SCP.
+pub struct Scp {
+    cfg: ScpConfig,
+    ingest: Ingest,
+    options: ServerAssociationOptions<'static, AcceptAny, RoleNegotiation>,
+    slots: Arc<Semaphore>,
+}
+
+const SERVICE_CLASSES: &[&str] = &[
+    sop::VERIFICATION,
+    sop::PATIENT_ROOT_FIND,
+    sop::PATIENT_ROOT_MOVE,
+    sop::PATIENT_ROOT_GET,
+    sop::STUDY_ROOT_FIND,
+    sop::STUDY_ROOT_MOVE,
+    sop::STUDY_ROOT_GET,
+];
+
+impl Scp {
+    pub fn new(cfg: ScpConfig, ingest: Ingest) -> Arc<Scp> {
+        LazyLock::force(&OPEN);
+        let mut options = ServerAssociationOptions::new()
+            .accept_any()
+            .ae_title(cfg.ae_title.clone())
+            .max_pdu_length(cfg.max_pdu)
+            .read_timeout(cfg.idle_timeout)
+            .write_timeout(cfg.idle_timeout)
+            .with_negotiation(RoleNegotiation);
+        for a in SERVICE_CLASSES.iter().copied().chain(sop::storage_sop_classes()) {
+            options = options.with_abstract_syntax(a);
+        }
+        for ts in sop::storage_transfer_syntaxes() {
+            options = options.with_transfer_syntax(ts);
+        }
+        let slots = Arc::new(Semaphore::new(cfg.max_associations.max(1)));
+        Arc::new(Scp { cfg, ingest, options, slots })
+    }
+
+    fn store(&self) -> &Store {
+        &self.ingest.store
+    }
+
+    /// Accepts associations until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (sock, peer) = listener.accept().await?;
+            sock.set_nodelay(true).ok();
+            let this = self.clone();
+            tokio::spawn(async move {
+                let Ok(_slot) = this.slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many associations; closing connection");
+                    return;
+                };
+                OPEN.inc();
+                if let Err(e) = this.association(sock, peer).await {
+                    tracing::info!(%peer, error = %e, "association ended with an error");
+                }
+                OPEN.dec();
+            });
+        }
+    }
+
+    async fn association(&self, sock: TcpStream, peer: SocketAddr) -> Result<(), DimseError> {
+        let mut assoc = self.options.establish_async(sock).await?;
+        let calling = assoc.peer_ae_title().to_owned();
+        tracing::debug!(%peer, calling = %calling, "association accepted");
+        let max_data = self.ingest.limits.max_object;
+        loop {
+            let m = match msg::receive(&mut assoc, max_data).await? {
+                Incoming::Message(m) => m,
+                Incoming::Released | Incoming::Aborted => return Ok(()),
+            };
+            match m.field() {
+                cmd::C_ECHO_RQ => self.echo(&mut assoc, &m).await?,
+                cmd::C_STORE_RQ => self.c_store(&mut assoc, m, &calling).await?,
+                cmd::C_FIND_RQ => self.c_find(&mut assoc, &m).await?,
+                cmd::C_MOVE_RQ => self.c_move(&mut assoc, &m, &calling).await?,
+                cmd::C_GET_RQ => self.c_get(&mut assoc, &m).await?,
+                cmd::C_CANCEL_RQ => {}
+                other => {
+                    tracing::warn!(%peer, "unsupported command 0x{other:04X}; aborting");
+                    assoc.abort().await.ok();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn echo(&self, assoc: &mut AsyncServerAssociation<TcpStream>, m: &Message) -> Result<(), DimseError> {
+        let rsp = msg::encode_command(vec![
+            el_ui(tags::AFFECTED_SOP_CLASS_UID, sop::VERIFICATION),
+            el_u16(tags::COMMAND_FIELD, cmd::C_ECHO_RSP),
+            el_u16(tags::MESSAGE_ID_BEING_RESPONDED_TO, m.message_id()),
+            el_u16(tags::COMMAND_DATA_SET_TYPE, msg::NO_DATASET),
+            el_u16(tags::STATUS, 0),
+        ])?;
+        msg::send(assoc, m.pc_id, rsp, None).await
+    }
+
+    async fn c_store(&self, assoc: &mut AsyncServerAssociation<TcpStream>, m: Message, calling: &str) -> Result<(), DimseError> {
+        let sop_class = m.str(tags::AFFECTED_SOP_CLASS_UID);
+        let sop_uid = m.str(tags::AFFECTED_SOP_INSTANCE_UID);
+        let ts = pc_ts(assoc, m.pc_id);
+        let message_id = m.message_id();
+        let (status, comment) = match (m.data, m.overflow) {
+            (_, true) => (0xA700, format!("object exceeds the limit of {} bytes", self.ingest.limits.max_object)),
+            (None, _) => (0xA900, "no data set".to_owned()),
+            (Some(data), false) => {
+                let input = Input::Dataset { data: data.into(), transfer_syntax: ts, sop_class: sop_class.clone(), sop_instance: sop_uid.clone(), source_ae: calling.to_owned() };
+                match self.ingest.ingest(input).await {
+                    Ok(_) => (0, String::new()),
+                    Err(e) => {
+                        tracing::info!(sop = %sop_uid, error = %e, "C-STORE refused");
+                        (e.dimse_status(), e.to_string())
+                    }
+                }
+            }
+        };
+        let mut els = vec![
+            el_ui(tags::AFFECTED_SOP_CLASS_UID, &sop_class),
+            el_u16(tags::COMMAND_FIELD, cmd::C_STORE_RSP),
+            el_u16(tags::MESSAGE_ID_BEING_RESPONDED_TO, message_id),
+            el_u16(tags::COMMAND_DATA_SET_TYPE, msg::NO_DATASET),
+            el_u16(tags::STATUS, status),
+            el_ui(tags::AFFECTED_SOP_INSTANCE_UID, &sop_uid),
+        ];
+        if status != 0 {
+            els.push(el_error_comment(&comment));
+        }
+        msg::send(assoc, m.pc_id, msg::encode_command(els)?, None).await
+    }
+
+    /// Parses a query identifier into a query and the list of requested return keys.
+    fn parse_identifier(&self, ts: &str, data: Option<&[u8]>) -> Result<(Query, InMemDicomObject), (u16, String)> {
+        let data = data.ok_or((0xA900, "no identifier".to_owned()))?;
+        let limits = Limits { max_object: 1 << 20, max_element: 1 << 16 };
+        let obj = parse::parse_dataset(data, ts, &limits).map_err(|e| (0xA900, format!("bad identifier: {e}")))?;
+        let level_s = parse::get_str(&obj, tags::QUERY_RETRIEVE_LEVEL).unwrap_or_default();
+        let level = Level::from_dicom(&level_s).ok_or((0xA900, format!("bad QueryRetrieveLevel {level_s:?}")))?;
+        let mut q = Query::new(level);
+        for e in obj.iter() {
+            let t = e.header().tag;
+            let tag = (u32::from(t.0) << 16) | u32::from(t.1);
+            if t.0 == 0x0000 || tag == 0x0008_0052 || tag == 0x0008_0005 {
+                continue;
+            }
+            let Some(a) = attrs::by_tag(tag) else { continue };
+            if matches!(a.column, "num_series" | "num_instances") || a.tag == 0x0008_3002 {
+                continue;
+            }
+            let v = e.to_str().map(|s| s.into_owned()).unwrap_or_default();
+            match q.add_key(a, &v, false) {
+                Ok(()) => {}
+                Err(QueryError::WrongLevel(..)) if v.trim_end_matches(['\0', ' ']).is_empty() => {}
+                Err(err) => return Err((0xA900, err.to_string())),
+            }
+        }
+        Ok((q, obj))
+    }
+
+    async fn c_find(&self, assoc: &mut AsyncServerAssociation<TcpStream>, m: &Message) -> Result<(), DimseError> {
+        let ts = pc_ts(assoc, m.pc_id);
+        let sop_class = m.str(tags::AFFECTED_SOP_CLASS_UID);
+        let rsp = |status: u16, has_data: bool, comment: Option<&str>| -> Result<Vec<u8>, DimseError> {
+            let mut els = vec![
+                el_ui(tags::AFFECTED_SOP_CLASS_UID, &sop_class),
+                el_u16(tags::COMMAND_FIELD, cmd::C_FIND_RSP),
+                el_u16(tags::MESSAGE_ID_BEING_RESPONDED_TO, m.message_id()),
+                el_u16(tags::COMMAND_DATA_SET_TYPE, if has_data { 0x0000 } else { msg::NO_DATASET }),
+                el_u16(tags::STATUS, status),
+            ];
+            if let Some(c) = comment {
+                els.push(el_error_comment(c));
+            }
+            msg::encode_command(els)
+        };
+        let (q, ident) = match self.parse_identifier(&ts, m.data.as_deref()) {
+            Ok(x) => x,
+            Err((status, comment)) => return msg::send(assoc, m.pc_id, rsp(status, false, Some(&comment))?, None).await,
+        };
+        let rows = match self.store().find(&q).await {
+            Ok(r) => r,
+            Err(e) => return msg::send(assoc, m.pc_id, rsp(0xA700, false, Some(&e.to_string()))?, None).await,
+        };
+        for row in rows {
+            let mut out = InMemDicomObject::new_empty();
+            let mut utf8 = false;
+            for e in ident.iter() {
+                let t = e.header().tag;
+                if t.0 == 0x0000 || t == tags::SPECIFIC_CHARACTER_SET {
+                    continue;
+                }
+                let tag = (u32::from(t.0) << 16) | u32::from(t.1);
+                let value = if tag == 0x0008_0052 {
+                    Some(q.level.as_dicom().to_owned())
+                } else if tag == 0x0008_0054 {
+                    Some(self.cfg.ae_title.clone())
+                } else if tag == 0x0008_0056 {
+                    Some("ONLINE".to_owned())
+                } else {
+                    row.get(tag).map(str::to_owned)
+                };
+                let vr = attrs::by_tag(tag).and_then(|a| a.vr.parse::<VR>().ok()).unwrap_or(e.vr());
+                let el = match (value, vr) {
+                    (_, VR::SQ) => DataElement::new(t, VR::SQ, Value::from(dicom_core::value::DataSetSequence::<InMemDicomObject>::empty())),
+                    (Some(v), _) => {
+                        if !v.is_ascii() {
+                            utf8 = true;
+                        }
+                        let parts: Vec<String> = v.split('\\').map(str::to_owned).collect();
+                        let pv = if parts.len() > 1 { PrimitiveValue::Strs(parts.into()) } else { PrimitiveValue::from(v) };
+                        DataElement::new(t, vr, pv)
+                    }
+                    (None, _) => DataElement::new(t, vr, PrimitiveValue::Empty),
+                };
+                out.put(el);
+            }
+            if utf8 {
+                out.put(DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, PrimitiveValue::from("ISO_IR 192")));
+            }
+            let data = msg::encode_dataset(&out, &ts, utf8)?;
+            msg::send(assoc, m.pc_id, rsp(0xFF00, true, None)?, Some(&data)).await?;
+        }
+        msg::send(assoc, m.pc_id, rsp(0x0000, false, None)?, None).await
+    }
+
+    async fn c_move(&self, assoc: &mut AsyncServerAssociation<TcpStream>, m: &Message, calling: &str) -> Result<(), DimseError> {
+        let ts = pc_ts(assoc, m.pc_id);
+        let dest = m.str(tags::MOVE_DESTINATION);
+        let mut rsp = RetrieveResponder::new(cmd::C_MOVE_RSP, m);
+        let Some(peer) = self.cfg.peers.iter().find(|p| p.ae_title == dest.trim()) else {
+            return rsp.finish(assoc, 0xA801, Some(&format!("unknown move destination {dest:?}"))).await;
+        };
+        let instances = match self.resolve(&ts, m.data.as_deref()).await {
+            Ok(i) => i,
+            Err((status, c)) => return rsp.finish(assoc, status, Some(&c)).await,
+        };
+        rsp.remaining = instances.len() as u16;
+        if instances.is_empty() {
+            return rsp.finish(assoc, 0, None).await;
+        }
+        let mut contexts: Vec<(String, Vec<String>)> = Vec::new();
+        for i in &instances {
+            let mut ts_list = vec![i.transfer_syntax.clone()];
+            if msg_uncompressed(&i.transfer_syntax) {
+                for t in sop::UNCOMPRESSED {
+                    if !ts_list.iter().any(|x| x == t) {
+                        ts_list.push((*t).to_owned());
+                    }
+                }
+            }
+            let entry = (i.sop_class.clone(), ts_list);
+            if !contexts.contains(&entry) && contexts.len() < 120 {
+                contexts.push(entry);
+            }
+        }
+        let addr = format!("{}:{}", peer.host, peer.port);
+        let mut scu = match StoreScu::connect(&addr, &peer.ae_title, &self.cfg.ae_title, &contexts, self.cfg.max_pdu).await {
+            Ok(s) => s,
+            Err(e) => return rsp.finish(assoc, 0xA801, Some(&format!("cannot associate with {dest}: {e}"))).await,
+        };
+        for inst in &instances {
+            let ok = match self.prepare(inst).await {
+                Ok((ds, stored_ts)) => {
+                    let choice = scu.context_for(&inst.sop_class, &stored_ts).map(|id| (id, stored_ts.clone())).or_else(|| {
+                        scu.any_context_for(&inst.sop_class).into_iter().find(|(_, t)| msg_uncompressed(t) && msg_uncompressed(&stored_ts))
+                    });
+                    match choice {
+                        Some((pc, ts_out)) => match transcode(&ds, &stored_ts, &ts_out) {
+                            Ok(bytes) => match scu.store(pc, &inst.sop_class, &inst.sop_uid, &bytes, Some((calling, m.message_id()))).await {
+                                Ok(s) if s.is_success() => Outcome::Ok,
+                                Ok(s) if s.is_warning() => Outcome::Warning,
+                                Ok(_) => Outcome::Failed,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "C-MOVE sub-operation failed");
+                                    Outcome::Failed
+                                }
+                            },
+                            Err(_) => Outcome::Failed,
+                        },
+                        None => Outcome::Failed,
+                    }
+                }
+                Err(_) => Outcome::Failed,
+            };
+            rsp.record(ok, &inst.sop_uid);
+            rsp.pending(assoc).await?;
+        }
+        scu.release().await.ok();
+        rsp.finish_counts(assoc).await
+    }
+
+    async fn c_get(&self, assoc: &mut AsyncServerAssociation<TcpStream>, m: &Message) -> Result<(), DimseError> {
+        let ts = pc_ts(assoc, m.pc_id);
+        let mut rsp = RetrieveResponder::new(cmd::C_GET_RSP, m);
+        let instances = match self.resolve(&ts, m.data.as_deref()).await {
+            Ok(i) => i,
+            Err((status, c)) => return rsp.finish(assoc, status, Some(&c)).await,
+        };
+        rsp.remaining = instances.len() as u16;
+        let mut next_id: u16 = 1000;
+        for inst in &instances {
+            let outcome = match self.prepare(inst).await {
+                Ok((ds, stored_ts)) => {
+                    let pcs: Vec<(u8, String)> = assoc
+                        .presentation_contexts()
+                        .iter()
+                        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance && pc.abstract_syntax.trim_end_matches('\0') == inst.sop_class)
+                        .map(|pc| (pc.id, pc.transfer_syntax.trim_end_matches('\0').to_owned()))
+                        .collect();
+                    let choice = pcs.iter().find(|(_, t)| *t == stored_ts).or_else(|| pcs.iter().find(|(_, t)| msg_uncompressed(t) && msg_uncompressed(&stored_ts))).cloned();
+                    match choice {
+                        Some((pc, ts_out)) => match transcode(&ds, &stored_ts, &ts_out) {
+                            Ok(bytes) => {
+                                next_id = next_id.wrapping_add(1);
+                                let command = msg::encode_command(vec![
+                                    el_ui(tags::AFFECTED_SOP_CLASS_UID, &inst.sop_class),
+                                    el_u16(tags::COMMAND_FIELD, cmd::C_STORE_RQ),
+                                    el_u16(tags::MESSAGE_ID, next_id),
+                                    el_u16(tags::PRIORITY, 0),
+                                    el_u16(tags::COMMAND_DATA_SET_TYPE, 0x0000),
+                                    el_ui(tags::AFFECTED_SOP_INSTANCE_UID, &inst.sop_uid),
+                                ])?;
+                                msg::send(assoc, pc, command, Some(&bytes)).await?;
+                                match msg::receive(assoc, 1 << 20).await? {
+                                    Incoming::Message(r) if r.field() == cmd::C_STORE_RSP => {
+                                        let st = msg::get_u16(&r.command, tags::STATUS).unwrap_or(0xFFFF);
+                                        if st == 0 { Outcome::Ok } else if st == 1 || st & 0xF000 == 0xB000 { Outcome::Warning } else { Outcome::Failed }
+                                    }
+                                    Incoming::Message(r) if r.field() == cmd::C_CANCEL_RQ => {
+                                        return rsp.finish(assoc, 0xFE00, None).await;
+                                    }
+                                    Incoming::Message(_) => Outcome::Failed,
+                                    Incoming::Released | Incoming::Aborted => return Err(DimseError::Aborted),
+                                }
+                            }
+                            Err(_) => Outcome::Failed,
+                        },
+                        None => Outcome::Failed,
+                    }
+                }
+                Err(_) => Outcome::Failed,
+            };
+            rsp.record(outcome, &inst.sop_uid);
+            rsp.pending(assoc).await?;
+        }
+        rsp.finish_counts(assoc).await
+    }
+
+    async fn resolve(&self, ts: &str, data: Option<&[u8]>) -> Result<Vec<InstanceRef>, (u16, String)> {
+        let (q, _) = self.parse_identifier(ts, data)?;
+        if q.keys.iter().all(|(_, m)| *m == meridian_core::Matcher::Universal) {
+            return Err((0xA900, "a retrieve needs at least one unique key".into()));
+        }
+        self.store().instances_for_query(&q).await.map_err(|e| (0xA701, e.to_string()))
+    }
+
+    /// Reads a stored file and returns its data set bytes and transfer syntax.
+    async fn prepare(&self, inst: &InstanceRef) -> Result<(Vec<u8>, String), String> {
+        let bytes = self.store().read(&inst.key).await.map_err(|e| e.to_string())?;
+        let p10 = parse::split_part10(&bytes).map_err(|e| e.to_string())?;
+        Ok((bytes[p10.dataset_offset..].to_vec(), p10.transfer_syntax))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Outcome {
+    Ok,
+    Warning,
+    Failed,
+}
+
+/// Tracks and sends C-MOVE / C-GET responses.
+struct RetrieveResponder {
+    field: u16,
+    pc_id: u8,
+    message_id: u16,
+    sop_class: String,
+    remaining: u16,
+    completed: u16,
+    failed: u16,
+    warning: u16,
+    failed_uids: Vec<String>,
+}
+
+impl RetrieveResponder {
+    fn new(field: u16, m: &Message) -> Self {
+        RetrieveResponder {
+            field,
+            pc_id: m.pc_id,
+            message_id: m.message_id(),
+            sop_class: m.str(tags::AFFECTED_SOP_CLASS_UID),
+            remaining: 0,
+            completed: 0,
+            failed: 0,
+            warning: 0,
+            failed_uids: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, o: Outcome, uid: &str) {
+        self.remaining = self.remaining.saturating_sub(1);
+        match o {
+            Outcome::Ok => self.completed += 1,
+            Outcome::Warning => self.warning += 1,
+            Outcome::Failed => {
+                self.failed += 1;
+                self.failed_uids.push(uid.to_owned());
+            }
+        }
+    }
+
+    fn command(&self, status: u16, counts: bool, has_data: bool, comment: Option<&str>) -> Result<Vec<u8>, DimseError> {
+        let mut els = vec![
+            el_ui(tags::AFFECTED_SOP_CLASS_UID, &self.sop_class),
+            el_u16(tags::COMMAND_FIELD, self.field),
+            el_u16(tags::MESSAGE_ID_BEING_RESPONDED_TO, self.message_id),
+            el_u16(tags::COMMAND_DATA_SET_TYPE, if has_data { 0x0000 } else { msg::NO_DATASET }),
+            el_u16(tags::STATUS, status),
+        ];
+        if counts {
+            if status == 0xFF00 {
+                els.push(el_u16(tags::NUMBER_OF_REMAINING_SUBOPERATIONS, self.remaining));
+            }
+            els.push(el_u16(tags::NUMBER_OF_COMPLETED_SUBOPERATIONS, self.completed));
+            els.push(el_u16(tags::NUMBER_OF_FAILED_SUBOPERATIONS, self.failed));
+            els.push(el_u16(tags::NUMBER_OF_WARNING_SUBOPERATIONS, self.warning));
+        }
+        if let Some(c) = comment {
+            els.push(el_error_comment(c));
+        }
+        msg::encode_command(els)
+    }
+
+    async fn pending(&self, assoc: &mut AsyncServerAssociation<TcpStream>) -> Result<(), DimseError> {
+        if self.remaining == 0 {
+            return Ok(());
+        }
+        let c = self.command(0xFF00, true, false, None)?;
+        msg::send(assoc, self.pc_id, c, None).await
+    }
+
+    async fn finish(&self, assoc: &mut AsyncServerAssociation<TcpStream>, status: u16, comment: Option<&str>) -> Result<(), DimseError> {
+        let c = self.command(status, status == 0 || status == 0xFE00, false, comment)?;
+        msg::send(assoc, self.pc_id, c, None).await
+    }
+
+    async fn finish_counts(&self, assoc: &mut AsyncServerAssociation<TcpStream>) -> Result<(), DimseError> {
+        if self.failed == 0 && self.warning == 0 {
+            return self.finish(assoc, 0, None).await;
+        }
+        let status = if self.completed == 0 && self.warning == 0 { 0xA702 } else { 0xB000 };
+        let mut ds = InMemDicomObject::new_empty();
+        ds.put(DataElement::new(tags::FAILED_SOP_INSTANCE_UID_LIST, VR::UI, PrimitiveValue::Strs(self.failed_uids.clone().into())));
+        let data = msg::encode_dataset(&ds, msg::IMPLICIT_LE, false)?;
+        let has_data = !self.failed_uids.is_empty();
+        let c = self.command(status, true, has_data, Some("some sub-operations failed"))?;
+        msg::send(assoc, self.pc_id, c, has_data.then_some(data.as_slice())).await
+    }
+}
+
+fn pc_ts(assoc: &AsyncServerAssociation<TcpStream>, pc_id: u8) -> String {
+    assoc
+        .presentation_contexts()
+        .iter()
+        .find(|pc| pc.id == pc_id)
+        .map(|pc| pc.transfer_syntax.trim_end_matches('\0').to_owned())
+        .unwrap_or_else(|| msg::IMPLICIT_LE.to_owned())
+}
+
+fn msg_uncompressed(ts: &str) -> bool {
+    matches!(ts, "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2")
+}
+
+/// Re-encodes an uncompressed data set into another uncompressed transfer syntax.
+pub fn transcode(ds: &[u8], from: &str, to: &str) -> Result<Vec<u8>, String> {
+    if from == to {
+        return Ok(ds.to_vec());
+    }
+    let obj = parse::parse_dataset(ds, from, &Limits::default()).map_err(|e| e.to_string())?;
+    let utf8 = parse::get_str(&obj, tags::SPECIFIC_CHARACTER_SET).is_some_and(|c| c.contains("192"));
+    msg::encode_dataset(&obj, to, utf8).map_err(|e| e.to_string())
+}
+
+#[allow(dead_code)]
+fn tag_u32(t: Tag) -> u32 {
+    (u32::from(t.0) << 16) | u32::from(t.1)
+}
