@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use dicom_dictionary_std::tags;
 use dicom_ul::association::client::{AsyncClientAssociation, ClientAssociationOptions};
-use dicom_ul::association::AsyncAssociation as _;
 use dicom_ul::pdu::PresentationContextResultReason;
 use tokio::net::TcpStream;
 

@@ -86,8 +86,9 @@ impl IngestError {
 
 /// What arrives.
 pub enum Input {
-    /// A whole Part 10 file (STOW-RS, import).
-    Part10(Bytes),
+    /// A whole Part 10 file (STOW-RS, import); `expect_study` refuses
+    /// instances of another study (STOW-RS to /studies/{study}).
+    Part10 { bytes: Bytes, expect_study: Option<String> },
     /// A data set received over DIMSE in a negotiated transfer syntax.
     Dataset { data: Bytes, transfer_syntax: String, sop_class: String, sop_instance: String, source_ae: String },
 }
@@ -126,8 +127,11 @@ impl Ingest {
         let parsed = tokio::task::spawn_blocking(move || -> Result<(InstanceInfo, Bytes), IngestError> {
             let _permit = permit;
             match input {
-                Input::Part10(bytes) => {
+                Input::Part10 { bytes, expect_study } => {
                     let (_, _, info) = parse::parse_part10(&bytes, &limits)?;
+                    if expect_study.is_some_and(|s| s != info.study_uid) {
+                        return Err(ParseError::Mismatch("StudyInstanceUID", "the study in the request URL").into());
+                    }
                     Ok((info, bytes))
                 }
                 Input::Dataset { data, transfer_syntax, sop_class, sop_instance, source_ae } => {

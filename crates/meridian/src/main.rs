@@ -1,1 +1,157 @@
-fn main() {}
+//! `meridian`: the thin binary over Meridian's crates.
+
+mod config;
+mod demo;
+mod tools;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use meridian_dimse::{Scp, ScpConfig};
+use meridian_store::ingest::Ingest;
+use meridian_store::{Store, StoreConfig};
+use meridian_web::{AppState, WebConfig};
+
+use crate::config::{ServeArgs, Settings};
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "Meridian: open teleradiology platform (archive, DICOMweb, DIMSE)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server: DIMSE SCP, DICOMweb, /healthz, /metrics.
+    Serve(ServeArgs),
+    /// Run the server on embedded storage with generated (synthetic) demo studies.
+    Demo(ServeArgs),
+    /// Import DICOM files or directories (recursive) into a data directory.
+    Import(tools::ImportArgs),
+    /// Send DICOM files or directories to a storage SCP (C-STORE SCU).
+    Send(tools::SendArgs),
+    /// Check that every indexed instance has its file, and report stray files.
+    Fsck(tools::FsckArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve(a) => serve(Settings::resolve(a, false)?, false).await,
+            Cmd::Demo(a) => serve(Settings::resolve(a, true)?, true).await,
+            Cmd::Import(a) => tools::import(a).await,
+            Cmd::Send(a) => tools::send(a).await,
+            Cmd::Fsck(a) => tools::fsck(a).await,
+        }
+    })
+}
+
+pub(crate) async fn open_store(s: &Settings) -> Result<Store> {
+    let cfg = StoreConfig {
+        data_dir: s.data_dir.clone(),
+        database_url: s.database_url.clone(),
+        duplicate_policy: s.duplicate_policy,
+        fsync: true,
+    };
+    Store::open(&cfg).await.with_context(|| format!("opening the archive in {}", s.data_dir.display()))
+}
+
+async fn serve(s: Settings, demo: bool) -> Result<()> {
+    let store = open_store(&s).await?;
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2;
+    let ingest = Ingest::new(store.clone(), s.limits(), workers);
+
+    let scp = Scp::new(
+        ScpConfig {
+            ae_title: s.ae_title.clone(),
+            max_pdu: s.max_pdu,
+            idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+            max_associations: s.max_associations,
+            peers: s.peers.clone(),
+        },
+        ingest.clone(),
+    );
+    let dicom = tokio::net::TcpListener::bind(&s.dicom).await.with_context(|| format!("binding DICOM port {}", s.dicom))?;
+    let http = tokio::net::TcpListener::bind(&s.http).await.with_context(|| format!("binding HTTP port {}", s.http))?;
+    let dicom_addr = dicom.local_addr()?;
+    let http_addr = http.local_addr()?;
+
+    let state = AppState {
+        store: store.clone(),
+        ingest: ingest.clone(),
+        cfg: Arc::new(WebConfig { max_request: s.max_request, viewer_dir: s.viewer_dir.clone() }),
+    };
+    let app = meridian_web::router(state);
+
+    tracing::info!(ae = %s.ae_title, %dicom_addr, %http_addr, data_dir = %s.data_dir.display(), db = ?store.db_kind(), "meridian listening");
+    let dimse_task = tokio::spawn(scp.serve(dicom));
+    let sweeper = tokio::spawn(stable_sweeper(store.clone(), s.stable_after_secs));
+    let mut events = store.subscribe();
+    tokio::spawn(async move {
+        while let Ok(ev) = events.recv().await {
+            tracing::info!(study = %ev.study_uid, kind = %ev.kind, "study event");
+        }
+    });
+
+    if demo {
+        demo::banner(&s, http_addr, dicom_addr);
+        let ing = ingest.clone();
+        tokio::spawn(async move {
+            if let Err(e) = demo::load(&ing).await {
+                tracing::error!(error = %e, "loading demo studies failed");
+            }
+        });
+    } else {
+        println!("Meridian is running: DICOMweb http://{http_addr}/dicom-web  DICOM {}@{dicom_addr}", s.ae_title);
+    }
+
+    let server = axum::serve(http, app).with_graceful_shutdown(shutdown_signal());
+    tokio::select! {
+        r = server => r.context("HTTP server")?,
+        r = dimse_task => { r.context("DIMSE task")?.context("DIMSE listener")?; }
+    }
+    sweeper.abort();
+    store.close().await;
+    tracing::info!("meridian stopped");
+    Ok(())
+}
+
+/// Fires `stable` for studies quiet for `quiet` seconds. The state lives in
+/// the index, so a restart resumes where it stopped.
+async fn stable_sweeper(store: Store, quiet_secs: u64) {
+    let quiet_ms = (quiet_secs * 1000) as i64;
+    let period = Duration::from_millis((quiet_ms / 4).clamp(250, 5000) as u64);
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        if let Err(e) = store.sweep_stable(quiet_ms, meridian_store::now_ms()).await {
+            tracing::warn!(error = %e, "stable sweep failed");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        tokio::signal::ctrl_c().await.ok();
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

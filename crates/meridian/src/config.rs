@@ -1,0 +1,144 @@
+//! Settings: command-line flag > environment variable > TOML file > default.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use meridian_dicom::parse::Limits;
+use meridian_dimse::Peer;
+use meridian_store::DuplicatePolicy;
+use serde::Deserialize;
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// TOML file whose keys are the long flag names with `_` (e.g. data_dir = "...").
+    #[arg(long, env = "MERIDIAN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (index and instance files) [default: ./meridian-data, demo: ./meridian-demo-data].
+    #[arg(long, env = "MERIDIAN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8042].
+    #[arg(long, env = "MERIDIAN_HTTP")]
+    pub http: Option<String>,
+    /// DICOM listen address [default: 127.0.0.1:11112].
+    #[arg(long, env = "MERIDIAN_DICOM")]
+    pub dicom: Option<String>,
+    /// This server's AE title [default: MERIDIAN].
+    #[arg(long, env = "MERIDIAN_AE_TITLE")]
+    pub ae_title: Option<String>,
+    /// Index database URL (sqlite://... or postgres://...) [default: SQLite in the data dir].
+    #[arg(long, env = "MERIDIAN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// C-MOVE destination, AET@HOST:PORT (repeatable; env: comma-separated).
+    #[arg(long = "peer", env = "MERIDIAN_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Seconds without a new instance before a study is stable [default: 60].
+    #[arg(long, env = "MERIDIAN_STABLE_AFTER")]
+    pub stable_after: Option<u64>,
+    /// Re-sent SOP Instance UID: keep-first or replace [default: keep-first].
+    #[arg(long, env = "MERIDIAN_DUPLICATE_POLICY")]
+    pub duplicate_policy: Option<String>,
+    /// Largest PDU this SCP accepts, bytes [default: 65536].
+    #[arg(long, env = "MERIDIAN_MAX_PDU")]
+    pub max_pdu: Option<u32>,
+    /// Association idle timeout, seconds [default: 60].
+    #[arg(long, env = "MERIDIAN_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
+    /// Maximum concurrent associations [default: 64].
+    #[arg(long, env = "MERIDIAN_MAX_ASSOCIATIONS")]
+    pub max_associations: Option<usize>,
+    /// Largest accepted DICOM object, bytes [default: 1073741824].
+    #[arg(long, env = "MERIDIAN_MAX_OBJECT")]
+    pub max_object: Option<usize>,
+    /// Largest accepted HTTP request body (STOW-RS), bytes [default: 4294967296].
+    #[arg(long, env = "MERIDIAN_MAX_REQUEST")]
+    pub max_request: Option<usize>,
+    /// Directory of a prebuilt viewer (OHIF `dist`) to serve at `/`.
+    #[arg(long, env = "MERIDIAN_VIEWER_DIR")]
+    pub viewer_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    http: Option<String>,
+    dicom: Option<String>,
+    ae_title: Option<String>,
+    database_url: Option<String>,
+    #[serde(default)]
+    peers: Vec<String>,
+    stable_after: Option<u64>,
+    duplicate_policy: Option<String>,
+    max_pdu: Option<u32>,
+    idle_timeout: Option<u64>,
+    max_associations: Option<usize>,
+    max_object: Option<usize>,
+    max_request: Option<usize>,
+    viewer_dir: Option<PathBuf>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub http: String,
+    pub dicom: String,
+    pub ae_title: String,
+    pub database_url: Option<String>,
+    pub peers: Vec<Peer>,
+    pub stable_after_secs: u64,
+    pub duplicate_policy: DuplicatePolicy,
+    pub max_pdu: u32,
+    pub idle_timeout_secs: u64,
+    pub max_associations: usize,
+    pub max_object: usize,
+    pub max_request: usize,
+    pub viewer_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    pub fn resolve(a: ServeArgs, demo: bool) -> Result<Settings> {
+        let f: FileConfig = match &a.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let peers_raw = if a.peers.is_empty() { f.peers } else { a.peers };
+        let peers = peers_raw.iter().map(|p| p.parse::<Peer>().map_err(anyhow::Error::msg)).collect::<Result<Vec<_>>>()?;
+        let policy = a.duplicate_policy.or(f.duplicate_policy).unwrap_or_else(|| "keep-first".into());
+        let ae_title = a.ae_title.or(f.ae_title).unwrap_or_else(|| "MERIDIAN".into());
+        if ae_title.is_empty() || ae_title.len() > 16 || !ae_title.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
+            bail!("AE title must be 1-16 printable characters without spaces or backslashes");
+        }
+        let default_viewer = demo.then(|| PathBuf::from(".cache/ohif/dist")).filter(|p| p.join("index.html").exists());
+        let s = Settings {
+            data_dir: a.data_dir.or(f.data_dir).unwrap_or_else(|| PathBuf::from(if demo { "./meridian-demo-data" } else { "./meridian-data" })),
+            http: a.http.or(f.http).unwrap_or_else(|| "127.0.0.1:8042".into()),
+            dicom: a.dicom.or(f.dicom).unwrap_or_else(|| "127.0.0.1:11112".into()),
+            ae_title,
+            database_url: a.database_url.or(f.database_url),
+            peers,
+            stable_after_secs: a.stable_after.or(f.stable_after).unwrap_or(60),
+            duplicate_policy: policy.parse().map_err(anyhow::Error::msg)?,
+            max_pdu: a.max_pdu.or(f.max_pdu).unwrap_or(65536).clamp(4096, 16 << 20),
+            idle_timeout_secs: a.idle_timeout.or(f.idle_timeout).unwrap_or(60).max(1),
+            max_associations: a.max_associations.or(f.max_associations).unwrap_or(64).max(1),
+            max_object: a.max_object.or(f.max_object).unwrap_or(1 << 30),
+            max_request: a.max_request.or(f.max_request).unwrap_or(4 << 30),
+            viewer_dir: a.viewer_dir.or(f.viewer_dir).or(default_viewer),
+        };
+        if let Some(v) = &s.viewer_dir
+            && !v.join("index.html").exists()
+        {
+            bail!("--viewer-dir {} has no index.html (see docs/viewer.md)", v.display());
+        }
+        Ok(s)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits { max_object: self.max_object, max_element: self.max_object as u64 }
+    }
+}
