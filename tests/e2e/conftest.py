@@ -23,6 +23,10 @@ os.environ.setdefault("TCP_NODELAY", "1")
 
 
 def require_tool(name: str) -> str:
+    # DCMTK's tools live in /usr/bin; pynetdicom installs Python scripts of the
+    # same names (storescu, findscu...) that come first on a pyenv PATH.
+    if Path(f"/usr/bin/{name}").exists():
+        return f"/usr/bin/{name}"
     path = shutil.which(name)
     if path is None:
         pytest.fail(f"REQUIRED PEER MISSING: `{name}` is not on PATH (install it with scripts/install-peers)", pytrace=False)

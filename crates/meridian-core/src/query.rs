@@ -58,12 +58,24 @@ pub struct Query {
 
 impl Query {
     pub fn new(level: Level) -> Self {
-        Query { level, keys: Vec::new(), include: Vec::new(), include_all: false, limit: None, offset: 0 }
+        Query {
+            level,
+            keys: Vec::new(),
+            include: Vec::new(),
+            include_all: false,
+            limit: None,
+            offset: 0,
+        }
     }
 
     /// Adds a matching key from its DICOM string value, as C-FIND and QIDO give it.
     /// `fuzzy` turns on fuzzy matching for person names.
-    pub fn add_key(&mut self, attr: &'static Attr, raw: &str, fuzzy: bool) -> Result<(), QueryError> {
+    pub fn add_key(
+        &mut self,
+        attr: &'static Attr,
+        raw: &str,
+        fuzzy: bool,
+    ) -> Result<(), QueryError> {
         if attr.level > self.level {
             // A key of a lower level than the query is not allowed (PS3.4 C.2.2.1).
             return Err(QueryError::WrongLevel(attr.keyword, self.level));
@@ -76,7 +88,10 @@ impl Query {
 
     /// The matcher for a tag, if the query has a non-universal key on it.
     pub fn key(&self, tag: u32) -> Option<&Matcher> {
-        self.keys.iter().find(|(a, m)| a.tag == tag && *m != Matcher::Universal).map(|(_, m)| m)
+        self.keys
+            .iter()
+            .find(|(a, m)| a.tag == tag && *m != Matcher::Universal)
+            .map(|(_, m)| m)
     }
 
     /// Whether the record's attribute values (by tag) all match. Pure semantics
@@ -99,6 +114,22 @@ fn trim(raw: &str) -> &str {
     raw.trim_end_matches(['\0']).trim()
 }
 
+/// Normalises a person name: trailing empty component groups and components
+/// (`Wang^XiaoDong=王^小東=` → `Wang^XiaoDong=王^小東`) and padding removed.
+pub fn normalize_pn(v: &str) -> String {
+    let groups: Vec<String> = v
+        .trim_end_matches(['\0', ' '])
+        .split('=')
+        .map(|g| g.trim_end_matches(['^', ' ']).to_owned())
+        .collect();
+    let keep = groups
+        .iter()
+        .rposition(|g| !g.is_empty())
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    groups[..keep].join("=")
+}
+
 /// Parses the matcher for an attribute from its request value.
 pub fn parse_matcher(attr: &'static Attr, raw: &str, fuzzy: bool) -> Result<Matcher, QueryError> {
     let v = trim(raw);
@@ -109,7 +140,11 @@ pub fn parse_matcher(attr: &'static Attr, raw: &str, fuzzy: bool) -> Result<Matc
         AttrKind::Uid => {
             let list: Result<Vec<String>, QueryError> = v
                 .split(['\\', ','])
-                .map(|u| validate_uid(u.trim()).map(str::to_owned).map_err(|_| QueryError::BadUid(u.to_owned())))
+                .map(|u| {
+                    validate_uid(u.trim())
+                        .map(str::to_owned)
+                        .map_err(|_| QueryError::BadUid(u.to_owned()))
+                })
                 .collect();
             let list = list?;
             if list.len() == 1 {
@@ -120,7 +155,9 @@ pub fn parse_matcher(attr: &'static Attr, raw: &str, fuzzy: bool) -> Result<Matc
         }
         AttrKind::Date | AttrKind::Time => {
             let digits_ok = |s: &str| {
-                s.bytes().all(|b| b.is_ascii_digit() || (attr.kind == AttrKind::Time && (b == b'.' || b == b':')))
+                s.bytes().all(|b| {
+                    b.is_ascii_digit() || (attr.kind == AttrKind::Time && (b == b'.' || b == b':'))
+                })
             };
             if let Some((lo, hi)) = v.split_once('-') {
                 let (lo, hi) = (lo.trim(), hi.trim());
@@ -138,7 +175,8 @@ pub fn parse_matcher(attr: &'static Attr, raw: &str, fuzzy: bool) -> Result<Matc
             }
         }
         AttrKind::Integer => {
-            v.parse::<i64>().map_err(|_| QueryError::BadValue(attr.keyword, v.to_owned()))?;
+            v.parse::<i64>()
+                .map_err(|_| QueryError::BadValue(attr.keyword, v.to_owned()))?;
             Ok(Matcher::Single(v.to_owned()))
         }
         AttrKind::PersonName if fuzzy => {
@@ -147,11 +185,17 @@ pub fn parse_matcher(attr: &'static Attr, raw: &str, fuzzy: bool) -> Result<Matc
                 .map(|w| w.trim_matches(['*', '?']).to_lowercase())
                 .filter(|w| !w.is_empty())
                 .collect();
-            if words.is_empty() { Ok(Matcher::Universal) } else { Ok(Matcher::Fuzzy(words)) }
+            if words.is_empty() {
+                Ok(Matcher::Universal)
+            } else {
+                Ok(Matcher::Fuzzy(words))
+            }
         }
         AttrKind::Text | AttrKind::PersonName | AttrKind::CodeSet => {
             if v.contains(['*', '?']) {
                 Ok(Matcher::Wildcard(v.to_owned()))
+            } else if attr.kind == AttrKind::PersonName {
+                Ok(Matcher::Single(normalize_pn(v)))
             } else if attr.kind == AttrKind::CodeSet && v.contains('\\') {
                 // ModalitiesInStudy=CT\MR: any of them.
                 Ok(Matcher::UidList(v.split('\\').map(str::to_owned).collect()))
@@ -172,7 +216,9 @@ impl Matcher {
             Matcher::Range(lo, hi) => {
                 !value.is_empty()
                     && lo.as_deref().is_none_or(|lo| value >= lo)
-                    && hi.as_deref().is_none_or(|hi| value <= hi || value.starts_with(hi))
+                    && hi
+                        .as_deref()
+                        .is_none_or(|hi| value <= hi || value.starts_with(hi))
             }
             Matcher::UidList(list) => list.iter().any(|u| u == value),
             Matcher::Fuzzy(words) => {
@@ -181,7 +227,9 @@ impl Matcher {
                     .filter(|c| !c.is_empty())
                     .map(str::to_lowercase)
                     .collect();
-                words.iter().all(|w| comps.iter().any(|c| c.starts_with(w.as_str())))
+                words
+                    .iter()
+                    .all(|w| comps.iter().any(|c| c.starts_with(w.as_str())))
             }
         }
     }
@@ -234,18 +282,45 @@ mod tests {
         let pn = attr("PatientName");
         assert_eq!(parse_matcher(pn, "", false), Ok(Matcher::Universal));
         assert_eq!(parse_matcher(pn, "*", false), Ok(Matcher::Universal));
-        assert_eq!(parse_matcher(pn, "DOE*", false), Ok(Matcher::Wildcard("DOE*".into())));
-        assert_eq!(parse_matcher(pn, "DOE^JOHN", false), Ok(Matcher::Single("DOE^JOHN".into())));
-        assert_eq!(parse_matcher(pn, "doe", true), Ok(Matcher::Fuzzy(vec!["doe".into()])));
+        assert_eq!(
+            parse_matcher(pn, "DOE*", false),
+            Ok(Matcher::Wildcard("DOE*".into()))
+        );
+        assert_eq!(
+            parse_matcher(pn, "DOE^JOHN", false),
+            Ok(Matcher::Single("DOE^JOHN".into()))
+        );
+        assert_eq!(
+            parse_matcher(pn, "doe", true),
+            Ok(Matcher::Fuzzy(vec!["doe".into()]))
+        );
         let d = attr("StudyDate");
-        assert_eq!(parse_matcher(d, "20200101-20201231", false), Ok(Matcher::Range(Some("20200101".into()), Some("20201231".into()))));
-        assert_eq!(parse_matcher(d, "-20201231", false), Ok(Matcher::Range(None, Some("20201231".into()))));
-        assert_eq!(parse_matcher(d, "20200101-", false), Ok(Matcher::Range(Some("20200101".into()), None)));
+        assert_eq!(
+            parse_matcher(d, "20200101-20201231", false),
+            Ok(Matcher::Range(
+                Some("20200101".into()),
+                Some("20201231".into())
+            ))
+        );
+        assert_eq!(
+            parse_matcher(d, "-20201231", false),
+            Ok(Matcher::Range(None, Some("20201231".into())))
+        );
+        assert_eq!(
+            parse_matcher(d, "20200101-", false),
+            Ok(Matcher::Range(Some("20200101".into()), None))
+        );
         assert!(parse_matcher(d, "2020x", false).is_err());
         assert!(parse_matcher(d, "-", false).is_err());
         let u = attr("StudyInstanceUID");
-        assert_eq!(parse_matcher(u, "1.2.3\\1.2.4", false), Ok(Matcher::UidList(vec!["1.2.3".into(), "1.2.4".into()])));
-        assert_eq!(parse_matcher(u, "1.2.3,1.2.4", false), Ok(Matcher::UidList(vec!["1.2.3".into(), "1.2.4".into()])));
+        assert_eq!(
+            parse_matcher(u, "1.2.3\\1.2.4", false),
+            Ok(Matcher::UidList(vec!["1.2.3".into(), "1.2.4".into()]))
+        );
+        assert_eq!(
+            parse_matcher(u, "1.2.3,1.2.4", false),
+            Ok(Matcher::UidList(vec!["1.2.3".into(), "1.2.4".into()]))
+        );
         assert!(parse_matcher(u, "1.2.x", false).is_err());
     }
 
@@ -260,6 +335,17 @@ mod tests {
         assert!(!Matcher::Range(None, Some("2019".into())).matches(""));
         assert!(Matcher::Fuzzy(vec!["jo".into(), "do".into()]).matches("DOE^JOHN"));
         assert!(!Matcher::Fuzzy(vec!["oe".into()]).matches("DOE^JOHN"));
+    }
+
+    #[test]
+    fn person_names_normalise() {
+        assert_eq!(
+            normalize_pn("Wang^XiaoDong=王^小東="),
+            "Wang^XiaoDong=王^小東"
+        );
+        assert_eq!(normalize_pn("DOE^JOHN^^^"), "DOE^JOHN");
+        assert_eq!(normalize_pn("=山田"), "=山田");
+        assert_eq!(normalize_pn(""), "");
     }
 
     #[test]

@@ -52,7 +52,10 @@ mod tests {
 
     #[test]
     fn accepts_real_uids() {
-        assert_eq!(validate_uid("1.2.840.10008.1.2.1"), Ok("1.2.840.10008.1.2.1"));
+        assert_eq!(
+            validate_uid("1.2.840.10008.1.2.1"),
+            Ok("1.2.840.10008.1.2.1")
+        );
         assert_eq!(validate_uid("1.2.3.0\0"), Ok("1.2.3.0"));
         assert_eq!(validate_uid("2.25.0"), Ok("2.25.0"));
     }
@@ -64,9 +67,15 @@ mod tests {
         assert_eq!(validate_uid("1..3"), Err(UidError::EmptyComponent));
         assert_eq!(validate_uid(".1.3"), Err(UidError::EmptyComponent));
         assert_eq!(validate_uid("1.2.a"), Err(UidError::BadChar));
-        assert_eq!(validate_uid("../../etc/passwd"), Err(UidError::EmptyComponent));
+        assert_eq!(
+            validate_uid("../../etc/passwd"),
+            Err(UidError::EmptyComponent)
+        );
         assert_eq!(validate_uid("1/2"), Err(UidError::BadChar));
-        assert!(matches!(validate_uid(&"1.".repeat(40)), Err(UidError::TooLong(_))));
+        assert!(matches!(
+            validate_uid(&"1.".repeat(40)),
+            Err(UidError::TooLong(_))
+        ));
     }
 
     proptest! {

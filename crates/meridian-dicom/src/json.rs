@@ -20,8 +20,15 @@ pub fn string_attr(vr: &str, value: &str) -> J {
             match vr {
                 "PN" => pn_json(v),
                 "IS" => v.trim().parse::<i64>().map(J::from).unwrap_or(J::Null),
-                "DS" => v.trim().parse::<f64>().ok().and_then(|f| serde_json::Number::from_f64(f).map(J::Number)).unwrap_or(J::Null),
-                "US" | "UL" | "SS" | "SL" => v.trim().parse::<i64>().map(J::from).unwrap_or(J::Null),
+                "DS" => v
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(|f| serde_json::Number::from_f64(f).map(J::Number))
+                    .unwrap_or(J::Null),
+                "US" | "UL" | "SS" | "SL" => {
+                    v.trim().parse::<i64>().map(J::from).unwrap_or(J::Null)
+                }
                 _ if v.is_empty() => J::Null,
                 _ => J::String(v.to_owned()),
             }
@@ -59,16 +66,25 @@ pub fn tag_key(tag: Tag) -> String {
 }
 
 fn is_binary(vr: VR) -> bool {
-    matches!(vr, VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN)
+    matches!(
+        vr,
+        VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN
+    )
 }
 
 /// Converts a data set to DICOM JSON. Large binary values become
 /// `BulkDataURI`s under `bulk_base` (`{bulk_base}/{tag}[/{item}/{tag}...]`).
 pub fn to_json(obj: &InMemDicomObject, bulk_base: &str) -> J {
-    J::Object(dataset_json(obj, bulk_base, ""))
+    let charset = crate::parse::charset_of(obj);
+    J::Object(dataset_json(obj, bulk_base, "", &charset))
 }
 
-fn dataset_json(obj: &InMemDicomObject, bulk_base: &str, path: &str) -> Map<String, J> {
+fn dataset_json(
+    obj: &InMemDicomObject,
+    bulk_base: &str,
+    path: &str,
+    charset: &str,
+) -> Map<String, J> {
     let mut m = Map::new();
     for e in obj.iter() {
         let tag = e.header().tag;
@@ -78,26 +94,50 @@ fn dataset_json(obj: &InMemDicomObject, bulk_base: &str, path: &str) -> Map<Stri
         let key = tag_key(tag);
         let vr = e.vr();
         let vr_s = vr.to_string();
-        let elem_path = if path.is_empty() { key.clone() } else { format!("{path}/{key}") };
+        let elem_path = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}/{key}")
+        };
         let v = match e.value() {
             Value::Sequence(seq) => {
                 let items: Vec<J> = seq
                     .items()
                     .iter()
                     .enumerate()
-                    .map(|(i, item)| J::Object(dataset_json(item, bulk_base, &format!("{elem_path}/{i}"))))
+                    .map(|(i, item)| {
+                        J::Object(dataset_json(
+                            item,
+                            bulk_base,
+                            &format!("{elem_path}/{i}"),
+                            charset,
+                        ))
+                    })
                     .collect();
-                if items.is_empty() { json!({"vr": "SQ"}) } else { json!({"vr": "SQ", "Value": items}) }
+                if items.is_empty() {
+                    json!({"vr": "SQ"})
+                } else {
+                    json!({"vr": "SQ", "Value": items})
+                }
             }
-            Value::PixelSequence(_) => json!({"vr": vr_s, "BulkDataURI": format!("{bulk_base}/{elem_path}")}),
-            Value::Primitive(p) => primitive_json(vr, &vr_s, p, bulk_base, &elem_path),
+            Value::PixelSequence(_) => {
+                json!({"vr": vr_s, "BulkDataURI": format!("{bulk_base}/{elem_path}")})
+            }
+            Value::Primitive(p) => primitive_json(vr, vr_s, p, bulk_base, &elem_path, charset),
         };
         m.insert(key, v);
     }
     m
 }
 
-fn primitive_json(vr: VR, vr_s: &str, p: &PrimitiveValue, bulk_base: &str, elem_path: &str) -> J {
+fn primitive_json(
+    vr: VR,
+    vr_s: &str,
+    p: &PrimitiveValue,
+    bulk_base: &str,
+    elem_path: &str,
+    charset: &str,
+) -> J {
     if matches!(p, PrimitiveValue::Empty) {
         return json!({ "vr": vr_s });
     }
@@ -119,16 +159,35 @@ fn primitive_json(vr: VR, vr_s: &str, p: &PrimitiveValue, bulk_base: &str, elem_
         VR::FL | VR::FD => {
             let vals: Vec<J> = p
                 .to_multi_float64()
-                .map(|v| v.into_iter().map(|f| serde_json::Number::from_f64(f).map(J::Number).unwrap_or(J::Null)).collect())
+                .map(|v| {
+                    v.into_iter()
+                        .map(|f| {
+                            serde_json::Number::from_f64(f)
+                                .map(J::Number)
+                                .unwrap_or(J::Null)
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             json!({"vr": vr_s, "Value": vals})
         }
         VR::US | VR::SS | VR::UL | VR::SL | VR::SV | VR::UV => {
-            let vals: Vec<J> = p.to_multi_int::<i64>().map(|v| v.into_iter().map(J::from).collect()).unwrap_or_default();
+            let vals: Vec<J> = p
+                .to_multi_int::<i64>()
+                .map(|v| v.into_iter().map(J::from).collect())
+                .unwrap_or_default();
             json!({"vr": vr_s, "Value": vals})
         }
         _ => {
-            let s = p.to_multi_str().join("\\");
+            let s = crate::charset::fix(&p.to_multi_str().join("\\"), charset);
+            let s = if vr == VR::PN {
+                s.split('\\')
+                    .map(meridian_core::query::normalize_pn)
+                    .collect::<Vec<_>>()
+                    .join("\\")
+            } else {
+                s
+            };
             string_attr(vr_s, &s)
         }
     }
@@ -145,7 +204,12 @@ pub fn bulk_at(obj: &InMemDicomObject, path: &str) -> Option<Vec<u8>> {
         if i + 1 == parts.len() {
             return match e.value() {
                 Value::Primitive(p) => Some(p.to_bytes().into_owned()),
-                Value::PixelSequence(ps) => Some(ps.fragments().iter().flat_map(|f| f.iter().copied()).collect()),
+                Value::PixelSequence(ps) => Some(
+                    ps.fragments()
+                        .iter()
+                        .flat_map(|f| f.iter().copied())
+                        .collect(),
+                ),
                 Value::Sequence(_) => None,
             };
         }

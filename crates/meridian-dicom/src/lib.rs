@@ -2,6 +2,7 @@
 //! untrusted input, extraction of indexed attributes, DICOM JSON, and pixel
 //! access (frames, rendered images). No network or storage I/O lives here.
 
+pub mod charset;
 pub mod json;
 pub mod parse;
 pub mod render;

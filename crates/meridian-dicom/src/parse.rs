@@ -27,7 +27,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_object: 1 << 30, max_element: 1 << 30 }
+        Limits {
+            max_object: 1 << 30,
+            max_element: 1 << 30,
+        }
     }
 }
 
@@ -102,7 +105,10 @@ pub struct InstanceInfo {
 
 impl InstanceInfo {
     pub fn get(&self, tag: u32) -> Option<&str> {
-        self.values.iter().find(|(t, _)| *t == tag).map(|(_, v)| v.as_str())
+        self.values
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -117,20 +123,29 @@ pub struct Part10 {
 }
 
 fn trim_value(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim_end_matches(['\0', ' ']).to_owned()
+    String::from_utf8_lossy(b)
+        .trim_end_matches(['\0', ' '])
+        .to_owned()
 }
 
 /// Splits a Part 10 file into its meta information and data set offset,
 /// without trusting any length in it.
 pub fn split_part10(bytes: &[u8]) -> Result<Part10, ParseError> {
     if bytes.len() < 132 {
-        return Err(ParseError::NotDicom("shorter than the 128-byte preamble and DICM prefix"));
+        return Err(ParseError::NotDicom(
+            "shorter than the 128-byte preamble and DICM prefix",
+        ));
     }
     if &bytes[128..132] != b"DICM" {
         return Err(ParseError::NotDicom("no DICM prefix after the preamble"));
     }
     let mut pos = 132;
-    let mut out = Part10 { transfer_syntax: String::new(), sop_class_uid: None, sop_instance_uid: None, dataset_offset: 0 };
+    let mut out = Part10 {
+        transfer_syntax: String::new(),
+        sop_class_uid: None,
+        sop_instance_uid: None,
+        dataset_offset: 0,
+    };
     let mut group_end: Option<usize> = None;
     loop {
         if let Some(end) = group_end
@@ -151,15 +166,30 @@ pub fn split_part10(bytes: &[u8]) -> Result<Part10, ParseError> {
             if bytes.len() < pos + 12 {
                 return Err(ParseError::BadMeta("truncated element header".into()));
             }
-            (u32::from_le_bytes([bytes[pos + 8], bytes[pos + 9], bytes[pos + 10], bytes[pos + 11]]) as usize, 12)
+            (
+                u32::from_le_bytes([
+                    bytes[pos + 8],
+                    bytes[pos + 9],
+                    bytes[pos + 10],
+                    bytes[pos + 11],
+                ]) as usize,
+                12,
+            )
         } else if vr.iter().all(u8::is_ascii_uppercase) {
-            (u16::from_le_bytes([bytes[pos + 6], bytes[pos + 7]]) as usize, 8)
+            (
+                u16::from_le_bytes([bytes[pos + 6], bytes[pos + 7]]) as usize,
+                8,
+            )
         } else {
-            return Err(ParseError::BadMeta("meta group is not explicit VR little endian".into()));
+            return Err(ParseError::BadMeta(
+                "meta group is not explicit VR little endian".into(),
+            ));
         };
         let start = pos + hdr;
         if len > bytes.len().saturating_sub(start) || len > 1 << 20 {
-            return Err(ParseError::BadMeta(format!("element (0002,{elem:04X}) length {len} runs past the end")));
+            return Err(ParseError::BadMeta(format!(
+                "element (0002,{elem:04X}) length {len} runs past the end"
+            )));
         }
         let val = &bytes[start..start + len];
         match elem {
@@ -177,10 +207,14 @@ pub fn split_part10(bytes: &[u8]) -> Result<Part10, ParseError> {
     if let Some(end) = group_end
         && end != pos
     {
-        return Err(ParseError::BadMeta("group length does not match the meta elements".into()));
+        return Err(ParseError::BadMeta(
+            "group length does not match the meta elements".into(),
+        ));
     }
     if out.transfer_syntax.is_empty() {
-        return Err(ParseError::BadMeta("no TransferSyntaxUID (0002,0010)".into()));
+        return Err(ParseError::BadMeta(
+            "no TransferSyntaxUID (0002,0010)".into(),
+        ));
     }
     out.dataset_offset = pos;
     Ok(out)
@@ -188,7 +222,11 @@ pub fn split_part10(bytes: &[u8]) -> Result<Part10, ParseError> {
 
 /// Parses a data set in the given transfer syntax: scans it structurally,
 /// then decodes it fully. The returned object is safe to use.
-pub fn parse_dataset(data: &[u8], ts_uid: &str, limits: &Limits) -> Result<InMemDicomObject, ParseError> {
+pub fn parse_dataset(
+    data: &[u8],
+    ts_uid: &str,
+    limits: &Limits,
+) -> Result<InMemDicomObject, ParseError> {
     if data.len() > limits.max_object {
         return Err(ParseError::TooLarge(data.len(), limits.max_object));
     }
@@ -204,7 +242,10 @@ pub fn parse_dataset(data: &[u8], ts_uid: &str, limits: &Limits) -> Result<InMem
     } else {
         data
     };
-    let enc = Encoding { explicit_vr: ts_uid != "1.2.840.10008.1.2", big_endian: ts.endianness() == dicom_encoding::transfer_syntax::Endianness::Big };
+    let enc = Encoding {
+        explicit_vr: ts_uid != "1.2.840.10008.1.2",
+        big_endian: ts.endianness() == dicom_encoding::transfer_syntax::Endianness::Big,
+    };
     scan::scan_dataset(body, enc, limits.max_element)?;
     let obj = if deflated {
         // Already inflated and scanned: decode as explicit VR little endian.
@@ -242,9 +283,25 @@ pub fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
-fn required_uid(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<String, ParseError> {
+/// Reads a text element, repairing ISO 2022 multi-byte values (see [`crate::charset`]).
+pub fn get_text(obj: &InMemDicomObject, tag: Tag, charset: &str) -> Option<String> {
+    get_str(obj, tag).map(|v| crate::charset::fix(&v, charset))
+}
+
+/// The data set's SpecificCharacterSet, all values joined with `\`.
+pub fn charset_of(obj: &InMemDicomObject) -> String {
+    get_str(obj, tags::SPECIFIC_CHARACTER_SET).unwrap_or_default()
+}
+
+fn required_uid(
+    obj: &InMemDicomObject,
+    tag: Tag,
+    name: &'static str,
+) -> Result<String, ParseError> {
     let raw = get_str(obj, tag).ok_or(ParseError::Missing(name))?;
-    validate_uid(&raw).map(str::to_owned).map_err(|e| ParseError::BadUid(name, format!("{raw:?}: {e}")))
+    validate_uid(&raw)
+        .map(str::to_owned)
+        .map_err(|e| ParseError::BadUid(name, format!("{raw:?}: {e}")))
 }
 
 /// Extracts the identity and indexed attributes of a parsed instance.
@@ -254,13 +311,18 @@ pub fn extract(obj: &InMemDicomObject, ts_uid: &str) -> Result<InstanceInfo, Par
     let study_uid = required_uid(obj, tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?;
     let series_uid = required_uid(obj, tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
     let mut values = Vec::new();
+    let charset = charset_of(obj);
     for a in ATTRS {
-        if matches!(a.column, "num_series" | "num_instances" | "modalities" | "transfer_syntax") {
+        if matches!(
+            a.column,
+            "num_series" | "num_instances" | "modalities" | "transfer_syntax"
+        ) {
             continue;
         }
         let tag = Tag((a.tag >> 16) as u16, (a.tag & 0xFFFF) as u16);
-        if let Some(v) = get_str(obj, tag) {
+        if let Some(v) = get_text(obj, tag, &charset) {
             let v = match a.kind {
+                AttrKind::PersonName => meridian_core::query::normalize_pn(&v),
                 AttrKind::Integer => match v.trim().parse::<i64>() {
                     Ok(n) => n.to_string(),
                     Err(_) => continue,
@@ -271,20 +333,37 @@ pub fn extract(obj: &InMemDicomObject, ts_uid: &str) -> Result<InstanceInfo, Par
             values.push((a.tag, v));
         }
     }
-    Ok(InstanceInfo { sop_class_uid, sop_instance_uid, study_uid, series_uid, transfer_syntax: ts_uid.trim_end_matches(['\0', ' ']).to_owned(), values })
+    Ok(InstanceInfo {
+        sop_class_uid,
+        sop_instance_uid,
+        study_uid,
+        series_uid,
+        transfer_syntax: ts_uid.trim_end_matches(['\0', ' ']).to_owned(),
+        values,
+    })
 }
 
 /// Parses and checks a whole Part 10 file. Returns the data set's offset,
 /// the parsed object and its index information.
-pub fn parse_part10(bytes: &[u8], limits: &Limits) -> Result<(Part10, InMemDicomObject, InstanceInfo), ParseError> {
+pub fn parse_part10(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<(Part10, InMemDicomObject, InstanceInfo), ParseError> {
     if bytes.len() > limits.max_object {
         return Err(ParseError::TooLarge(bytes.len(), limits.max_object));
     }
     let p10 = split_part10(bytes)?;
     let obj = parse_dataset(&bytes[p10.dataset_offset..], &p10.transfer_syntax, limits)?;
     let info = extract(&obj, &p10.transfer_syntax)?;
-    if p10.sop_instance_uid.as_deref().is_some_and(|m| m != info.sop_instance_uid) {
-        return Err(ParseError::Mismatch("SOPInstanceUID", "MediaStorageSOPInstanceUID"));
+    if p10
+        .sop_instance_uid
+        .as_deref()
+        .is_some_and(|m| m != info.sop_instance_uid)
+    {
+        return Err(ParseError::Mismatch(
+            "SOPInstanceUID",
+            "MediaStorageSOPInstanceUID",
+        ));
     }
     Ok((p10, obj, info))
 }
@@ -295,7 +374,11 @@ pub const IMPLEMENTATION_VERSION: &str = "MERIDIAN_010";
 
 /// Builds a Part 10 file around a data set received over the network,
 /// keeping the data set bytes exactly as received.
-pub fn build_part10(dataset: &[u8], info: &InstanceInfo, source_ae: &str) -> Result<Vec<u8>, ParseError> {
+pub fn build_part10(
+    dataset: &[u8],
+    info: &InstanceInfo,
+    source_ae: &str,
+) -> Result<Vec<u8>, ParseError> {
     let mut b = FileMetaTableBuilder::new()
         .transfer_syntax(info.transfer_syntax.as_str())
         .media_storage_sop_class_uid(info.sop_class_uid.as_str())
@@ -303,14 +386,18 @@ pub fn build_part10(dataset: &[u8], info: &InstanceInfo, source_ae: &str) -> Res
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
         .implementation_version_name(IMPLEMENTATION_VERSION);
     let ae = source_ae.trim();
-    if !ae.is_empty() && ae.len() <= 16 && ae.bytes().all(|c| (0x20..0x7F).contains(&c) && c != b'\\') {
+    if !ae.is_empty()
+        && ae.len() <= 16
+        && ae.bytes().all(|c| (0x20..0x7F).contains(&c) && c != b'\\')
+    {
         b = b.source_application_entity_title(ae);
     }
     let meta = b.build().map_err(|e| ParseError::BadMeta(e.to_string()))?;
     let mut out = Vec::with_capacity(dataset.len() + 512);
     out.extend_from_slice(&[0u8; 128]);
     out.extend_from_slice(b"DICM");
-    meta.write(&mut out).map_err(|e| ParseError::BadMeta(e.to_string()))?;
+    meta.write(&mut out)
+        .map_err(|e| ParseError::BadMeta(e.to_string()))?;
     out.extend_from_slice(dataset);
     Ok(out)
 }

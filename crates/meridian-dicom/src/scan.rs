@@ -26,7 +26,9 @@ pub enum ScanError {
     MissingDelimiter,
     #[error("invalid VR bytes at offset {0}")]
     BadVr(usize),
-    #[error("element ({0:04X},{1:04X}) has VR UN with undefined length (CP-246), which is not accepted")]
+    #[error(
+        "element ({0:04X},{1:04X}) has VR UN with undefined length (CP-246), which is not accepted"
+    )]
     UndefinedLengthUn(u16, u16),
     #[error("unexpected tag ({0:04X},{1:04X}) inside a sequence")]
     BadItem(u16, u16),
@@ -48,17 +50,40 @@ struct Scanner {
 
 fn u16_at(b: &[u8], i: usize, be: bool) -> u16 {
     let x = [b[i], b[i + 1]];
-    if be { u16::from_be_bytes(x) } else { u16::from_le_bytes(x) }
+    if be {
+        u16::from_be_bytes(x)
+    } else {
+        u16::from_le_bytes(x)
+    }
 }
 
 fn u32_at(b: &[u8], i: usize, be: bool) -> u32 {
     let x = [b[i], b[i + 1], b[i + 2], b[i + 3]];
-    if be { u32::from_be_bytes(x) } else { u32::from_le_bytes(x) }
+    if be {
+        u32::from_be_bytes(x)
+    } else {
+        u32::from_le_bytes(x)
+    }
 }
 
 /// VRs that use the 4-byte length form in explicit VR encoding.
 fn long_vr(vr: [u8; 2]) -> bool {
-    matches!(&vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UN" | b"UR" | b"UT" | b"SV" | b"UV")
+    matches!(
+        &vr,
+        b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"SQ"
+            | b"UC"
+            | b"UN"
+            | b"UR"
+            | b"UT"
+            | b"SV"
+            | b"UV"
+    )
 }
 
 /// Scans a data set (no preamble, no file meta group). `max_element` bounds
@@ -73,14 +98,29 @@ pub fn scan_dataset(data: &[u8], enc: Encoding, max_element: u64) -> Result<(), 
 impl Scanner {
     /// Walks elements in `data[pos..end]`. When `in_undefined_item` is true, stops
     /// after an item delimitation item and returns the position after it.
-    fn elements(&self, data: &[u8], mut pos: usize, end: usize, enc: Encoding, depth: usize, in_undefined_item: bool) -> Result<usize, ScanError> {
+    fn elements(
+        &self,
+        data: &[u8],
+        mut pos: usize,
+        end: usize,
+        enc: Encoding,
+        depth: usize,
+        in_undefined_item: bool,
+    ) -> Result<usize, ScanError> {
         if depth > MAX_DEPTH {
             return Err(ScanError::TooDeep(MAX_DEPTH));
         }
         while pos < end {
             if end - pos < 8 {
                 // Trailing padding of fewer than 8 bytes at the end of a data set is garbage.
-                let (g, e) = if end - pos >= 4 { (u16_at(data, pos, enc.big_endian), u16_at(data, pos + 2, enc.big_endian)) } else { (0, 0) };
+                let (g, e) = if end - pos >= 4 {
+                    (
+                        u16_at(data, pos, enc.big_endian),
+                        u16_at(data, pos + 2, enc.big_endian),
+                    )
+                } else {
+                    (0, 0)
+                };
                 return Err(ScanError::TruncatedHeader(g, e, pos));
             }
             let group = u16_at(data, pos, enc.big_endian);
@@ -102,7 +142,11 @@ impl Scanner {
                     }
                     (Some(vr), u32_at(data, pos + 8, enc.big_endian), 12)
                 } else {
-                    (Some(vr), u32::from(u16_at(data, pos + 6, enc.big_endian)), 8)
+                    (
+                        Some(vr),
+                        u32::from(u16_at(data, pos + 6, enc.big_endian)),
+                        8,
+                    )
                 }
             } else {
                 (None, u32_at(data, pos + 4, enc.big_endian), 8)
@@ -111,10 +155,14 @@ impl Scanner {
             if len == UNDEFINED {
                 let is_pixel = group == 0x7FE0 && elem == 0x0010;
                 match vr {
-                    Some(v) if &v == b"SQ" => pos = self.sequence(data, pos, end, enc, depth + 1)?,
+                    Some(v) if &v == b"SQ" => {
+                        pos = self.sequence(data, pos, end, enc, depth + 1)?
+                    }
                     // UN of undefined length holds an implicit VR sequence (CP-246); the
                     // downstream parser does not decode it safely, so it is refused.
-                    Some(v) if &v == b"UN" => return Err(ScanError::UndefinedLengthUn(group, elem)),
+                    Some(v) if &v == b"UN" => {
+                        return Err(ScanError::UndefinedLengthUn(group, elem));
+                    }
                     _ if is_pixel => pos = self.fragments(data, pos, end, enc)?,
                     None => pos = self.sequence(data, pos, end, enc, depth + 1)?,
                     _ => return Err(ScanError::BadUndefinedLength(group, elem)),
@@ -123,7 +171,12 @@ impl Scanner {
             }
             let len64 = u64::from(len);
             if len64 > self.max_element {
-                return Err(ScanError::ElementTooLarge(group, elem, len64, self.max_element));
+                return Err(ScanError::ElementTooLarge(
+                    group,
+                    elem,
+                    len64,
+                    self.max_element,
+                ));
             }
             let len = len as usize;
             if len > end - pos {
@@ -140,15 +193,32 @@ impl Scanner {
         Ok(pos)
     }
 
-    fn item_header(&self, data: &[u8], pos: usize, end: usize, enc: Encoding) -> Result<(u16, u16, u32), ScanError> {
+    fn item_header(
+        &self,
+        data: &[u8],
+        pos: usize,
+        end: usize,
+        enc: Encoding,
+    ) -> Result<(u16, u16, u32), ScanError> {
         if end - pos < 8 {
             return Err(ScanError::MissingDelimiter);
         }
-        Ok((u16_at(data, pos, enc.big_endian), u16_at(data, pos + 2, enc.big_endian), u32_at(data, pos + 4, enc.big_endian)))
+        Ok((
+            u16_at(data, pos, enc.big_endian),
+            u16_at(data, pos + 2, enc.big_endian),
+            u32_at(data, pos + 4, enc.big_endian),
+        ))
     }
 
     /// Items of a sequence of undefined length, up to its delimiter.
-    fn sequence(&self, data: &[u8], mut pos: usize, end: usize, enc: Encoding, depth: usize) -> Result<usize, ScanError> {
+    fn sequence(
+        &self,
+        data: &[u8],
+        mut pos: usize,
+        end: usize,
+        enc: Encoding,
+        depth: usize,
+    ) -> Result<usize, ScanError> {
         if depth > MAX_DEPTH {
             return Err(ScanError::TooDeep(MAX_DEPTH));
         }
@@ -164,7 +234,14 @@ impl Scanner {
     }
 
     /// Items of a sequence of defined length, exactly filling `pos..end`.
-    fn defined_sequence(&self, data: &[u8], mut pos: usize, end: usize, enc: Encoding, depth: usize) -> Result<(), ScanError> {
+    fn defined_sequence(
+        &self,
+        data: &[u8],
+        mut pos: usize,
+        end: usize,
+        enc: Encoding,
+        depth: usize,
+    ) -> Result<(), ScanError> {
         while pos < end {
             let (g, e, len) = self.item_header(data, pos, end, enc)?;
             pos += 8;
@@ -177,7 +254,17 @@ impl Scanner {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn item(&self, data: &[u8], pos: usize, end: usize, enc: Encoding, depth: usize, len: u32, g: u16, e: u16) -> Result<usize, ScanError> {
+    fn item(
+        &self,
+        data: &[u8],
+        pos: usize,
+        end: usize,
+        enc: Encoding,
+        depth: usize,
+        len: u32,
+        g: u16,
+        e: u16,
+    ) -> Result<usize, ScanError> {
         if len == UNDEFINED {
             self.elements(data, pos, end, enc, depth + 1, true)
         } else {
@@ -191,7 +278,13 @@ impl Scanner {
     }
 
     /// Encapsulated pixel data fragments up to the sequence delimiter.
-    fn fragments(&self, data: &[u8], mut pos: usize, end: usize, enc: Encoding) -> Result<usize, ScanError> {
+    fn fragments(
+        &self,
+        data: &[u8],
+        mut pos: usize,
+        end: usize,
+        enc: Encoding,
+    ) -> Result<usize, ScanError> {
         loop {
             let (g, e, len) = self.item_header(data, pos, end, enc)?;
             pos += 8;
@@ -214,8 +307,14 @@ impl Scanner {
 mod tests {
     use super::*;
 
-    const EXPLICIT: Encoding = Encoding { explicit_vr: true, big_endian: false };
-    const IMPLICIT: Encoding = Encoding { explicit_vr: false, big_endian: false };
+    const EXPLICIT: Encoding = Encoding {
+        explicit_vr: true,
+        big_endian: false,
+    };
+    const IMPLICIT: Encoding = Encoding {
+        explicit_vr: false,
+        big_endian: false,
+    };
 
     fn el_explicit(g: u16, e: u16, vr: &[u8; 2], val: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
@@ -247,7 +346,10 @@ mod tests {
     fn rejects_length_past_end() {
         let mut d = el_explicit(0x0010, 0x0010, b"PN", b"DOE^JOHN");
         d.truncate(d.len() - 3);
-        assert!(matches!(scan_dataset(&d, EXPLICIT, 1 << 30), Err(ScanError::LengthPastEnd(0x0010, 0x0010, 8, 5))));
+        assert!(matches!(
+            scan_dataset(&d, EXPLICIT, 1 << 30),
+            Err(ScanError::LengthPastEnd(0x0010, 0x0010, 8, 5))
+        ));
     }
 
     #[test]
@@ -272,13 +374,19 @@ mod tests {
             deep.extend([0xFE, 0xFF, 0x00, 0xE0]);
             deep.extend(UNDEFINED.to_le_bytes());
         }
-        assert_eq!(scan_dataset(&deep, IMPLICIT, 1 << 30), Err(ScanError::TooDeep(MAX_DEPTH)));
+        assert_eq!(
+            scan_dataset(&deep, IMPLICIT, 1 << 30),
+            Err(ScanError::TooDeep(MAX_DEPTH))
+        );
     }
 
     #[test]
     fn element_size_limit() {
         let d = el_explicit(0x7FE0, 0x0010, b"OW", &[0u8; 64]);
-        assert!(matches!(scan_dataset(&d, EXPLICIT, 32), Err(ScanError::ElementTooLarge(..))));
+        assert!(matches!(
+            scan_dataset(&d, EXPLICIT, 32),
+            Err(ScanError::ElementTooLarge(..))
+        ));
         assert_eq!(scan_dataset(&d, EXPLICIT, 64), Ok(()));
     }
 }

@@ -9,14 +9,25 @@ use std::time::{Duration, Instant};
 use meridian_dicom::parse::{Limits, parse_part10};
 
 fn python_dir(code: &str) -> PathBuf {
-    let out = Command::new("python3").args(["-c", code]).output().expect("python3 must be installed (REQUIRED PEER)");
-    assert!(out.status.success(), "REQUIRED PEER MISSING: {code}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .args(["-c", code])
+        .output()
+        .expect("python3 must be installed (REQUIRED PEER)");
+    assert!(
+        out.status.success(),
+        "REQUIRED PEER MISSING: {code}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 fn corpus() -> Vec<PathBuf> {
-    let a = python_dir("import pydicom,os;print(os.path.join(os.path.dirname(pydicom.__file__),'data','test_files'))");
-    let b = python_dir("import data_store,os;print(os.path.join(os.path.dirname(data_store.__file__),'data'))");
+    let a = python_dir(
+        "import pydicom,os;print(os.path.join(os.path.dirname(pydicom.__file__),'data','test_files'))",
+    );
+    let b = python_dir(
+        "import data_store,os;print(os.path.join(os.path.dirname(data_store.__file__),'data'))",
+    );
     let mut v = Vec::new();
     for d in [a, b] {
         for e in std::fs::read_dir(&d).expect("corpus dir").flatten() {
@@ -33,7 +44,11 @@ fn corpus() -> Vec<PathBuf> {
 #[test]
 fn real_files_parse_or_fail_cleanly_and_fast() {
     let files = corpus();
-    assert!(files.len() > 100, "expected the pydicom corpora, found {} files", files.len());
+    assert!(
+        files.len() > 100,
+        "expected the pydicom corpora, found {} files",
+        files.len()
+    );
     let limits = Limits::default();
     let mut ok = 0;
     for f in &files {
@@ -47,22 +62,34 @@ fn real_files_parse_or_fail_cleanly_and_fast() {
         }
     }
     // Most of the corpus is valid Part 10 with the identifying UIDs.
-    assert!(ok * 10 > files.len() * 6, "only {ok} of {} parsed", files.len());
+    assert!(
+        ok * 10 > files.len() * 6,
+        "only {ok} of {} parsed",
+        files.len()
+    );
 }
 
 #[test]
 fn malformed_un_sequence_is_refused_quickly() {
-    let dir = python_dir("import pydicom,os;print(os.path.join(os.path.dirname(pydicom.__file__),'data','test_files'))");
+    let dir = python_dir(
+        "import pydicom,os;print(os.path.join(os.path.dirname(pydicom.__file__),'data','test_files'))",
+    );
     let bytes = std::fs::read(dir.join("UN_sequence.dcm")).unwrap();
     let t = Instant::now();
     let r = parse_part10(&bytes, &Limits::default());
     assert!(r.is_err(), "UN_sequence.dcm must be refused");
-    assert!(t.elapsed() < Duration::from_millis(200), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
 fn ct_extracts_index_attributes() {
-    let dir = python_dir("import pydicom,os;print(os.path.join(os.path.dirname(pydicom.__file__),'data','test_files'))");
+    let dir = python_dir(
+        "import pydicom,os;print(os.path.join(os.path.dirname(pydicom.__file__),'data','test_files'))",
+    );
     let bytes = std::fs::read(dir.join("CT_small.dcm")).unwrap();
     let (_, _, info) = parse_part10(&bytes, &Limits::default()).unwrap();
     assert_eq!(info.sop_class_uid, "1.2.840.10008.5.1.4.1.1.2");

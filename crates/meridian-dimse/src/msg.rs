@@ -80,7 +80,11 @@ pub fn get_u16(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
 pub fn get_string(obj: &InMemDicomObject, tag: Tag) -> String {
     obj.element(tag)
         .ok()
-        .and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches(['\0', ' ']).to_owned()))
+        .and_then(|e| {
+            e.to_str()
+                .ok()
+                .map(|s| s.trim_end_matches(['\0', ' ']).to_owned())
+        })
         .unwrap_or_default()
 }
 
@@ -91,11 +95,22 @@ pub fn encode_command(elements: Vec<DataElement<InMemDicomObject>>) -> Result<Ve
 }
 
 /// Encodes a data set in a transfer syntax (UTF-8 text when `utf8`).
-pub fn encode_dataset(obj: &InMemDicomObject, ts_uid: &str, utf8: bool) -> Result<Vec<u8>, DimseError> {
-    let ts = TransferSyntaxRegistry.get(ts_uid).ok_or_else(|| DimseError::Encode(format!("unknown transfer syntax {ts_uid}")))?;
+pub fn encode_dataset(
+    obj: &InMemDicomObject,
+    ts_uid: &str,
+    utf8: bool,
+) -> Result<Vec<u8>, DimseError> {
+    let ts = TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| DimseError::Encode(format!("unknown transfer syntax {ts_uid}")))?;
     let mut out = Vec::new();
-    let cs = if utf8 { SpecificCharacterSet::ISO_IR_192 } else { SpecificCharacterSet::default() };
-    obj.write_dataset_with_ts_cs(&mut out, ts, cs).map_err(|e| DimseError::Encode(e.to_string()))?;
+    let cs = if utf8 {
+        SpecificCharacterSet::ISO_IR_192
+    } else {
+        SpecificCharacterSet::default()
+    };
+    obj.write_dataset_with_ts_cs(&mut out, ts, cs)
+        .map_err(|e| DimseError::Encode(e.to_string()))?;
     Ok(out)
 }
 
@@ -104,7 +119,11 @@ pub fn el_u16(tag: Tag, v: u16) -> DataElement<InMemDicomObject> {
 }
 
 pub fn el_ui(tag: Tag, v: &str) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::UI, PrimitiveValue::from(v.trim_end_matches(['\0', ' '])))
+    DataElement::new(
+        tag,
+        VR::UI,
+        PrimitiveValue::from(v.trim_end_matches(['\0', ' '])),
+    )
 }
 
 pub fn el_ae(tag: Tag, v: &str) -> DataElement<InMemDicomObject> {
@@ -113,7 +132,11 @@ pub fn el_ae(tag: Tag, v: &str) -> DataElement<InMemDicomObject> {
 
 /// An Error Comment (0000,0902): LO, at most 64 characters.
 pub fn el_error_comment(msg: &str) -> DataElement<InMemDicomObject> {
-    let mut s: String = msg.chars().filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '\\').take(64).collect();
+    let mut s: String = msg
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '\\')
+        .take(64)
+        .collect();
     if s.is_empty() {
         s.push_str("error");
     }
@@ -141,16 +164,29 @@ where
                     match pdv.value_type {
                         PDataValueType::Command => {
                             if cmd.len() + pdv.data.len() > 64 * 1024 {
-                                return Err(DimseError::BadCommand("command set larger than 64 KiB".into()));
+                                return Err(DimseError::BadCommand(
+                                    "command set larger than 64 KiB".into(),
+                                ));
                             }
                             cmd.extend_from_slice(&pdv.data);
                             if pdv.is_last {
-                                let ts = TransferSyntaxRegistry.get(IMPLICIT_LE).ok_or_else(|| DimseError::BadCommand("no implicit VR LE".into()))?;
-                                let obj = InMemDicomObject::read_dataset_with_ts(cmd.as_slice(), ts)
-                                    .map_err(|e| DimseError::BadCommand(e.to_string()))?;
-                                let has_data = get_u16(&obj, tags::COMMAND_DATA_SET_TYPE).unwrap_or(NO_DATASET) != NO_DATASET;
+                                let ts =
+                                    TransferSyntaxRegistry.get(IMPLICIT_LE).ok_or_else(|| {
+                                        DimseError::BadCommand("no implicit VR LE".into())
+                                    })?;
+                                let obj =
+                                    InMemDicomObject::read_dataset_with_ts(cmd.as_slice(), ts)
+                                        .map_err(|e| DimseError::BadCommand(e.to_string()))?;
+                                let has_data = get_u16(&obj, tags::COMMAND_DATA_SET_TYPE)
+                                    .unwrap_or(NO_DATASET)
+                                    != NO_DATASET;
                                 if !has_data {
-                                    return Ok(Incoming::Message(Message { pc_id, command: obj, data: None, overflow: false }));
+                                    return Ok(Incoming::Message(Message {
+                                        pc_id,
+                                        command: obj,
+                                        data: None,
+                                        overflow: false,
+                                    }));
                                 }
                                 command = Some(obj);
                             }
@@ -167,9 +203,20 @@ where
                                 data.extend_from_slice(&pdv.data);
                             }
                             if pdv.is_last {
-                                let command = command.take().ok_or_else(|| DimseError::Unexpected("no command".into()))?;
-                                let data = if overflow { None } else { Some(std::mem::take(&mut data)) };
-                                return Ok(Incoming::Message(Message { pc_id, command, data, overflow }));
+                                let command = command
+                                    .take()
+                                    .ok_or_else(|| DimseError::Unexpected("no command".into()))?;
+                                let data = if overflow {
+                                    None
+                                } else {
+                                    Some(std::mem::take(&mut data))
+                                };
+                                return Ok(Incoming::Message(Message {
+                                    pc_id,
+                                    command,
+                                    data,
+                                    overflow,
+                                }));
                             }
                         }
                     }
@@ -180,19 +227,32 @@ where
                 return Ok(Incoming::Released);
             }
             Pdu::AbortRQ { .. } => return Ok(Incoming::Aborted),
-            other => return Err(DimseError::Unexpected(other.short_description().to_string())),
+            other => {
+                return Err(DimseError::Unexpected(
+                    other.short_description().to_string(),
+                ));
+            }
         }
     }
 }
 
 /// Sends a command (and optional data set) on a presentation context,
 /// splitting data into PDUs no larger than the peer accepts.
-pub async fn send<A>(assoc: &mut A, pc_id: u8, command: Vec<u8>, data: Option<&[u8]>) -> Result<(), DimseError>
+pub async fn send<A>(
+    assoc: &mut A,
+    pc_id: u8,
+    command: Vec<u8>,
+    data: Option<&[u8]>,
+) -> Result<(), DimseError>
 where
     A: AsyncAssociation<TcpStream> + Association + Send,
 {
     let peer_max = assoc.peer_max_pdu_length();
-    let chunk = if peer_max == 0 { 1 << 20 } else { (peer_max as usize).saturating_sub(6).max(1024) };
+    let chunk = if peer_max == 0 {
+        1 << 20
+    } else {
+        (peer_max as usize).saturating_sub(6).max(1024)
+    };
     let mut pos = 0;
     while pos < command.len() || pos == 0 {
         let end = (pos + chunk).min(command.len());

@@ -4,12 +4,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_core::value::Value;
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use dicom_ul::association::server::{AcceptAny, AsyncServerAssociation, Negotiation, ServerAssociationOptions};
 use dicom_ul::association::Association;
+use dicom_ul::association::server::{
+    AcceptAny, AsyncServerAssociation, Negotiation, ServerAssociationOptions,
+};
 use dicom_ul::pdu::{PresentationContextResultReason, RequestorRoles};
 use meridian_core::attrs::{self, Level};
 use meridian_core::{Query, QueryError};
@@ -42,13 +44,25 @@ impl std::str::FromStr for Peer {
     type Err = String;
     /// `AET@HOST:PORT`
     fn from_str(s: &str) -> Result<Peer, String> {
-        let (ae, addr) = s.split_once('@').ok_or_else(|| format!("peer `{s}` is not AET@HOST:PORT"))?;
-        let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("peer `{s}` has no :PORT"))?;
-        let port: u16 = port.parse().map_err(|_| format!("peer `{s}` has a bad port"))?;
+        let (ae, addr) = s
+            .split_once('@')
+            .ok_or_else(|| format!("peer `{s}` is not AET@HOST:PORT"))?;
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("peer `{s}` has no :PORT"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("peer `{s}` has a bad port"))?;
         if ae.is_empty() || ae.len() > 16 || host.is_empty() {
-            return Err(format!("peer `{s}`: AE title must be 1-16 characters and host non-empty"));
+            return Err(format!(
+                "peer `{s}`: AE title must be 1-16 characters and host non-empty"
+            ));
         }
-        Ok(Peer { ae_title: ae.to_owned(), host: host.to_owned(), port })
+        Ok(Peer {
+            ae_title: ae.to_owned(),
+            host: host.to_owned(),
+            port,
+        })
     }
 }
 
@@ -65,9 +79,17 @@ pub struct ScpConfig {
 struct RoleNegotiation;
 
 impl Negotiation for RoleNegotiation {
-    fn negotiate_roles(&self, sop_class_uid: &str, scu_role: bool, scp_role: bool) -> Option<RequestorRoles> {
+    fn negotiate_roles(
+        &self,
+        sop_class_uid: &str,
+        scu_role: bool,
+        scp_role: bool,
+    ) -> Option<RequestorRoles> {
         // C-GET: the requester takes the SCP role for storage classes.
-        sop::is_storage_sop_class(sop_class_uid).then_some(RequestorRoles { scu: scu_role, scp: scp_role })
+        sop::is_storage_sop_class(sop_class_uid).then_some(RequestorRoles {
+            scu: scu_role,
+            scp: scp_role,
+        })
     }
 }
 
@@ -96,17 +118,30 @@ impl Scp {
             .accept_any()
             .ae_title(cfg.ae_title.clone())
             .max_pdu_length(cfg.max_pdu)
+            // Non-strict: an A-ASSOCIATE-RQ proposing ~120 storage contexts is
+            // larger than a small max PDU, and must still be read. P-DATA
+            // payloads stay bounded by the object size limit in msg::receive.
+            .strict(false)
             .read_timeout(cfg.idle_timeout)
             .write_timeout(cfg.idle_timeout)
             .with_negotiation(RoleNegotiation);
-        for a in SERVICE_CLASSES.iter().copied().chain(sop::storage_sop_classes()) {
+        for a in SERVICE_CLASSES
+            .iter()
+            .copied()
+            .chain(sop::storage_sop_classes())
+        {
             options = options.with_abstract_syntax(a);
         }
         for ts in sop::storage_transfer_syntaxes() {
             options = options.with_transfer_syntax(ts);
         }
         let slots = Arc::new(Semaphore::new(cfg.max_associations.max(1)));
-        Arc::new(Scp { cfg, ingest, options, slots })
+        Arc::new(Scp {
+            cfg,
+            ingest,
+            options,
+            slots,
+        })
     }
 
     fn store(&self) -> &Store {
@@ -159,7 +194,11 @@ impl Scp {
         }
     }
 
-    async fn echo(&self, assoc: &mut AsyncServerAssociation<TcpStream>, m: &Message) -> Result<(), DimseError> {
+    async fn echo(
+        &self,
+        assoc: &mut AsyncServerAssociation<TcpStream>,
+        m: &Message,
+    ) -> Result<(), DimseError> {
         let rsp = msg::encode_command(vec![
             el_ui(tags::AFFECTED_SOP_CLASS_UID, sop::VERIFICATION),
             el_u16(tags::COMMAND_FIELD, cmd::C_ECHO_RSP),
@@ -170,16 +209,33 @@ impl Scp {
         msg::send(assoc, m.pc_id, rsp, None).await
     }
 
-    async fn c_store(&self, assoc: &mut AsyncServerAssociation<TcpStream>, m: Message, calling: &str) -> Result<(), DimseError> {
+    async fn c_store(
+        &self,
+        assoc: &mut AsyncServerAssociation<TcpStream>,
+        m: Message,
+        calling: &str,
+    ) -> Result<(), DimseError> {
         let sop_class = m.str(tags::AFFECTED_SOP_CLASS_UID);
         let sop_uid = m.str(tags::AFFECTED_SOP_INSTANCE_UID);
         let ts = pc_ts(assoc, m.pc_id);
         let message_id = m.message_id();
         let (status, comment) = match (m.data, m.overflow) {
-            (_, true) => (0xA700, format!("object exceeds the limit of {} bytes", self.ingest.limits.max_object)),
+            (_, true) => (
+                0xA700,
+                format!(
+                    "object exceeds the limit of {} bytes",
+                    self.ingest.limits.max_object
+                ),
+            ),
             (None, _) => (0xA900, "no data set".to_owned()),
             (Some(data), false) => {
-                let input = Input::Dataset { data: data.into(), transfer_syntax: ts, sop_class: sop_class.clone(), sop_instance: sop_uid.clone(), source_ae: calling.to_owned() };
+                let input = Input::Dataset {
+                    data: data.into(),
+                    transfer_syntax: ts,
+                    sop_class: sop_class.clone(),
+                    sop_instance: sop_uid.clone(),
+                    source_ae: calling.to_owned(),
+                };
                 match self.ingest.ingest(input).await {
                     Ok(_) => (0, String::new()),
                     Err(e) => {
@@ -204,24 +260,39 @@ impl Scp {
     }
 
     /// Parses a query identifier into a query and the list of requested return keys.
-    fn parse_identifier(&self, ts: &str, data: Option<&[u8]>) -> Result<(Query, InMemDicomObject), (u16, String)> {
+    fn parse_identifier(
+        &self,
+        ts: &str,
+        data: Option<&[u8]>,
+    ) -> Result<(Query, InMemDicomObject), (u16, String)> {
         let data = data.ok_or((0xA900, "no identifier".to_owned()))?;
-        let limits = Limits { max_object: 1 << 20, max_element: 1 << 16 };
-        let obj = parse::parse_dataset(data, ts, &limits).map_err(|e| (0xA900, format!("bad identifier: {e}")))?;
+        let limits = Limits {
+            max_object: 1 << 20,
+            max_element: 1 << 16,
+        };
+        let obj = parse::parse_dataset(data, ts, &limits)
+            .map_err(|e| (0xA900, format!("bad identifier: {e}")))?;
         let level_s = parse::get_str(&obj, tags::QUERY_RETRIEVE_LEVEL).unwrap_or_default();
-        let level = Level::from_dicom(&level_s).ok_or((0xA900, format!("bad QueryRetrieveLevel {level_s:?}")))?;
+        let level = Level::from_dicom(&level_s)
+            .ok_or((0xA900, format!("bad QueryRetrieveLevel {level_s:?}")))?;
         let mut q = Query::new(level);
+        let charset = parse::charset_of(&obj);
         for e in obj.iter() {
             let t = e.header().tag;
             let tag = (u32::from(t.0) << 16) | u32::from(t.1);
             if t.0 == 0x0000 || tag == 0x0008_0052 || tag == 0x0008_0005 {
                 continue;
             }
-            let Some(a) = attrs::by_tag(tag) else { continue };
+            let Some(a) = attrs::by_tag(tag) else {
+                continue;
+            };
             if matches!(a.column, "num_series" | "num_instances") || a.tag == 0x0008_3002 {
                 continue;
             }
-            let v = e.to_str().map(|s| s.into_owned()).unwrap_or_default();
+            let v = meridian_dicom::charset::fix(
+                &e.to_str().map(|s| s.into_owned()).unwrap_or_default(),
+                &charset,
+            );
             match q.add_key(a, &v, false) {
                 Ok(()) => {}
                 Err(QueryError::WrongLevel(..)) if v.trim_end_matches(['\0', ' ']).is_empty() => {}
@@ -231,29 +302,47 @@ impl Scp {
         Ok((q, obj))
     }
 
-    async fn c_find(&self, assoc: &mut AsyncServerAssociation<TcpStream>, m: &Message) -> Result<(), DimseError> {
+    async fn c_find(
+        &self,
+        assoc: &mut AsyncServerAssociation<TcpStream>,
+        m: &Message,
+    ) -> Result<(), DimseError> {
         let ts = pc_ts(assoc, m.pc_id);
         let sop_class = m.str(tags::AFFECTED_SOP_CLASS_UID);
-        let rsp = |status: u16, has_data: bool, comment: Option<&str>| -> Result<Vec<u8>, DimseError> {
-            let mut els = vec![
-                el_ui(tags::AFFECTED_SOP_CLASS_UID, &sop_class),
-                el_u16(tags::COMMAND_FIELD, cmd::C_FIND_RSP),
-                el_u16(tags::MESSAGE_ID_BEING_RESPONDED_TO, m.message_id()),
-                el_u16(tags::COMMAND_DATA_SET_TYPE, if has_data { 0x0000 } else { msg::NO_DATASET }),
-                el_u16(tags::STATUS, status),
-            ];
-            if let Some(c) = comment {
-                els.push(el_error_comment(c));
-            }
-            msg::encode_command(els)
-        };
+        let rsp =
+            |status: u16, has_data: bool, comment: Option<&str>| -> Result<Vec<u8>, DimseError> {
+                let mut els = vec![
+                    el_ui(tags::AFFECTED_SOP_CLASS_UID, &sop_class),
+                    el_u16(tags::COMMAND_FIELD, cmd::C_FIND_RSP),
+                    el_u16(tags::MESSAGE_ID_BEING_RESPONDED_TO, m.message_id()),
+                    el_u16(
+                        tags::COMMAND_DATA_SET_TYPE,
+                        if has_data { 0x0000 } else { msg::NO_DATASET },
+                    ),
+                    el_u16(tags::STATUS, status),
+                ];
+                if let Some(c) = comment {
+                    els.push(el_error_comment(c));
+                }
+                msg::encode_command(els)
+            };
         let (q, ident) = match self.parse_identifier(&ts, m.data.as_deref()) {
             Ok(x) => x,
-            Err((status, comment)) => return msg::send(assoc, m.pc_id, rsp(status, false, Some(&comment))?, None).await,
+            Err((status, comment)) => {
+                return msg::send(assoc, m.pc_id, rsp(status, false, Some(&comment))?, None).await;
+            }
         };
         let rows = match self.store().find(&q).await {
             Ok(r) => r,
-            Err(e) => return msg::send(assoc, m.pc_id, rsp(0xA700, false, Some(&e.to_string()))?, None).await,
+            Err(e) => {
+                return msg::send(
+                    assoc,
+                    m.pc_id,
+                    rsp(0xA700, false, Some(&e.to_string()))?,
+                    None,
+                )
+                .await;
+            }
         };
         for row in rows {
             let mut out = InMemDicomObject::new_empty();
@@ -273,15 +362,27 @@ impl Scp {
                 } else {
                     row.get(tag).map(str::to_owned)
                 };
-                let vr = attrs::by_tag(tag).and_then(|a| a.vr.parse::<VR>().ok()).unwrap_or(e.vr());
+                let vr = attrs::by_tag(tag)
+                    .and_then(|a| a.vr.parse::<VR>().ok())
+                    .unwrap_or(e.vr());
                 let el = match (value, vr) {
-                    (_, VR::SQ) => DataElement::new(t, VR::SQ, Value::from(dicom_core::value::DataSetSequence::<InMemDicomObject>::empty())),
+                    (_, VR::SQ) => DataElement::new(
+                        t,
+                        VR::SQ,
+                        Value::from(
+                            dicom_core::value::DataSetSequence::<InMemDicomObject>::empty(),
+                        ),
+                    ),
                     (Some(v), _) => {
                         if !v.is_ascii() {
                             utf8 = true;
                         }
                         let parts: Vec<String> = v.split('\\').map(str::to_owned).collect();
-                        let pv = if parts.len() > 1 { PrimitiveValue::Strs(parts.into()) } else { PrimitiveValue::from(v) };
+                        let pv = if parts.len() > 1 {
+                            PrimitiveValue::Strs(parts.into())
+                        } else {
+                            PrimitiveValue::from(v)
+                        };
                         DataElement::new(t, vr, pv)
                     }
                     (None, _) => DataElement::new(t, vr, PrimitiveValue::Empty),
@@ -289,7 +390,11 @@ impl Scp {
                 out.put(el);
             }
             if utf8 {
-                out.put(DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, PrimitiveValue::from("ISO_IR 192")));
+                out.put(DataElement::new(
+                    tags::SPECIFIC_CHARACTER_SET,
+                    VR::CS,
+                    PrimitiveValue::from("ISO_IR 192"),
+                ));
             }
             let data = msg::encode_dataset(&out, &ts, utf8)?;
             msg::send(assoc, m.pc_id, rsp(0xFF00, true, None)?, Some(&data)).await?;
@@ -297,12 +402,23 @@ impl Scp {
         msg::send(assoc, m.pc_id, rsp(0x0000, false, None)?, None).await
     }
 
-    async fn c_move(&self, assoc: &mut AsyncServerAssociation<TcpStream>, m: &Message, calling: &str) -> Result<(), DimseError> {
+    async fn c_move(
+        &self,
+        assoc: &mut AsyncServerAssociation<TcpStream>,
+        m: &Message,
+        calling: &str,
+    ) -> Result<(), DimseError> {
         let ts = pc_ts(assoc, m.pc_id);
         let dest = m.str(tags::MOVE_DESTINATION);
         let mut rsp = RetrieveResponder::new(cmd::C_MOVE_RSP, m);
         let Some(peer) = self.cfg.peers.iter().find(|p| p.ae_title == dest.trim()) else {
-            return rsp.finish(assoc, 0xA801, Some(&format!("unknown move destination {dest:?}"))).await;
+            return rsp
+                .finish(
+                    assoc,
+                    0xA801,
+                    Some(&format!("unknown move destination {dest:?}")),
+                )
+                .await;
         };
         let instances = match self.resolve(&ts, m.data.as_deref()).await {
             Ok(i) => i,
@@ -328,19 +444,49 @@ impl Scp {
             }
         }
         let addr = format!("{}:{}", peer.host, peer.port);
-        let mut scu = match StoreScu::connect(&addr, &peer.ae_title, &self.cfg.ae_title, &contexts, self.cfg.max_pdu).await {
+        let mut scu = match StoreScu::connect(
+            &addr,
+            &peer.ae_title,
+            &self.cfg.ae_title,
+            &contexts,
+            self.cfg.max_pdu,
+        )
+        .await
+        {
             Ok(s) => s,
-            Err(e) => return rsp.finish(assoc, 0xA801, Some(&format!("cannot associate with {dest}: {e}"))).await,
+            Err(e) => {
+                return rsp
+                    .finish(
+                        assoc,
+                        0xA801,
+                        Some(&format!("cannot associate with {dest}: {e}")),
+                    )
+                    .await;
+            }
         };
         for inst in &instances {
             let ok = match self.prepare(inst).await {
                 Ok((ds, stored_ts)) => {
-                    let choice = scu.context_for(&inst.sop_class, &stored_ts).map(|id| (id, stored_ts.clone())).or_else(|| {
-                        scu.any_context_for(&inst.sop_class).into_iter().find(|(_, t)| msg_uncompressed(t) && msg_uncompressed(&stored_ts))
-                    });
+                    let choice = scu
+                        .context_for(&inst.sop_class, &stored_ts)
+                        .map(|id| (id, stored_ts.clone()))
+                        .or_else(|| {
+                            scu.any_context_for(&inst.sop_class)
+                                .into_iter()
+                                .find(|(_, t)| msg_uncompressed(t) && msg_uncompressed(&stored_ts))
+                        });
                     match choice {
                         Some((pc, ts_out)) => match transcode(&ds, &stored_ts, &ts_out) {
-                            Ok(bytes) => match scu.store(pc, &inst.sop_class, &inst.sop_uid, &bytes, Some((calling, m.message_id()))).await {
+                            Ok(bytes) => match scu
+                                .store(
+                                    pc,
+                                    &inst.sop_class,
+                                    &inst.sop_uid,
+                                    &bytes,
+                                    Some((calling, m.message_id())),
+                                )
+                                .await
+                            {
                                 Ok(s) if s.is_success() => Outcome::Ok,
                                 Ok(s) if s.is_warning() => Outcome::Warning,
                                 Ok(_) => Outcome::Failed,
@@ -363,7 +509,11 @@ impl Scp {
         rsp.finish_counts(assoc).await
     }
 
-    async fn c_get(&self, assoc: &mut AsyncServerAssociation<TcpStream>, m: &Message) -> Result<(), DimseError> {
+    async fn c_get(
+        &self,
+        assoc: &mut AsyncServerAssociation<TcpStream>,
+        m: &Message,
+    ) -> Result<(), DimseError> {
         let ts = pc_ts(assoc, m.pc_id);
         let mut rsp = RetrieveResponder::new(cmd::C_GET_RSP, m);
         let instances = match self.resolve(&ts, m.data.as_deref()).await {
@@ -378,10 +528,20 @@ impl Scp {
                     let pcs: Vec<(u8, String)> = assoc
                         .presentation_contexts()
                         .iter()
-                        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance && pc.abstract_syntax.trim_end_matches('\0') == inst.sop_class)
+                        .filter(|pc| {
+                            pc.reason == PresentationContextResultReason::Acceptance
+                                && pc.abstract_syntax.trim_end_matches('\0') == inst.sop_class
+                        })
                         .map(|pc| (pc.id, pc.transfer_syntax.trim_end_matches('\0').to_owned()))
                         .collect();
-                    let choice = pcs.iter().find(|(_, t)| *t == stored_ts).or_else(|| pcs.iter().find(|(_, t)| msg_uncompressed(t) && msg_uncompressed(&stored_ts))).cloned();
+                    let choice = pcs
+                        .iter()
+                        .find(|(_, t)| *t == stored_ts)
+                        .or_else(|| {
+                            pcs.iter()
+                                .find(|(_, t)| msg_uncompressed(t) && msg_uncompressed(&stored_ts))
+                        })
+                        .cloned();
                     match choice {
                         Some((pc, ts_out)) => match transcode(&ds, &stored_ts, &ts_out) {
                             Ok(bytes) => {
@@ -397,14 +557,23 @@ impl Scp {
                                 msg::send(assoc, pc, command, Some(&bytes)).await?;
                                 match msg::receive(assoc, 1 << 20).await? {
                                     Incoming::Message(r) if r.field() == cmd::C_STORE_RSP => {
-                                        let st = msg::get_u16(&r.command, tags::STATUS).unwrap_or(0xFFFF);
-                                        if st == 0 { Outcome::Ok } else if st == 1 || st & 0xF000 == 0xB000 { Outcome::Warning } else { Outcome::Failed }
+                                        let st = msg::get_u16(&r.command, tags::STATUS)
+                                            .unwrap_or(0xFFFF);
+                                        if st == 0 {
+                                            Outcome::Ok
+                                        } else if st == 1 || st & 0xF000 == 0xB000 {
+                                            Outcome::Warning
+                                        } else {
+                                            Outcome::Failed
+                                        }
                                     }
                                     Incoming::Message(r) if r.field() == cmd::C_CANCEL_RQ => {
                                         return rsp.finish(assoc, 0xFE00, None).await;
                                     }
                                     Incoming::Message(_) => Outcome::Failed,
-                                    Incoming::Released | Incoming::Aborted => return Err(DimseError::Aborted),
+                                    Incoming::Released | Incoming::Aborted => {
+                                        return Err(DimseError::Aborted);
+                                    }
                                 }
                             }
                             Err(_) => Outcome::Failed,
@@ -420,17 +589,31 @@ impl Scp {
         rsp.finish_counts(assoc).await
     }
 
-    async fn resolve(&self, ts: &str, data: Option<&[u8]>) -> Result<Vec<InstanceRef>, (u16, String)> {
+    async fn resolve(
+        &self,
+        ts: &str,
+        data: Option<&[u8]>,
+    ) -> Result<Vec<InstanceRef>, (u16, String)> {
         let (q, _) = self.parse_identifier(ts, data)?;
-        if q.keys.iter().all(|(_, m)| *m == meridian_core::Matcher::Universal) {
+        if q.keys
+            .iter()
+            .all(|(_, m)| *m == meridian_core::Matcher::Universal)
+        {
             return Err((0xA900, "a retrieve needs at least one unique key".into()));
         }
-        self.store().instances_for_query(&q).await.map_err(|e| (0xA701, e.to_string()))
+        self.store()
+            .instances_for_query(&q)
+            .await
+            .map_err(|e| (0xA701, e.to_string()))
     }
 
     /// Reads a stored file and returns its data set bytes and transfer syntax.
     async fn prepare(&self, inst: &InstanceRef) -> Result<(Vec<u8>, String), String> {
-        let bytes = self.store().read(&inst.key).await.map_err(|e| e.to_string())?;
+        let bytes = self
+            .store()
+            .read(&inst.key)
+            .await
+            .map_err(|e| e.to_string())?;
         let p10 = parse::split_part10(&bytes).map_err(|e| e.to_string())?;
         Ok((bytes[p10.dataset_offset..].to_vec(), p10.transfer_syntax))
     }
@@ -483,19 +666,34 @@ impl RetrieveResponder {
         }
     }
 
-    fn command(&self, status: u16, counts: bool, has_data: bool, comment: Option<&str>) -> Result<Vec<u8>, DimseError> {
+    fn command(
+        &self,
+        status: u16,
+        counts: bool,
+        has_data: bool,
+        comment: Option<&str>,
+    ) -> Result<Vec<u8>, DimseError> {
         let mut els = vec![
             el_ui(tags::AFFECTED_SOP_CLASS_UID, &self.sop_class),
             el_u16(tags::COMMAND_FIELD, self.field),
             el_u16(tags::MESSAGE_ID_BEING_RESPONDED_TO, self.message_id),
-            el_u16(tags::COMMAND_DATA_SET_TYPE, if has_data { 0x0000 } else { msg::NO_DATASET }),
+            el_u16(
+                tags::COMMAND_DATA_SET_TYPE,
+                if has_data { 0x0000 } else { msg::NO_DATASET },
+            ),
             el_u16(tags::STATUS, status),
         ];
         if counts {
             if status == 0xFF00 {
-                els.push(el_u16(tags::NUMBER_OF_REMAINING_SUBOPERATIONS, self.remaining));
+                els.push(el_u16(
+                    tags::NUMBER_OF_REMAINING_SUBOPERATIONS,
+                    self.remaining,
+                ));
             }
-            els.push(el_u16(tags::NUMBER_OF_COMPLETED_SUBOPERATIONS, self.completed));
+            els.push(el_u16(
+                tags::NUMBER_OF_COMPLETED_SUBOPERATIONS,
+                self.completed,
+            ));
             els.push(el_u16(tags::NUMBER_OF_FAILED_SUBOPERATIONS, self.failed));
             els.push(el_u16(tags::NUMBER_OF_WARNING_SUBOPERATIONS, self.warning));
         }
@@ -505,7 +703,10 @@ impl RetrieveResponder {
         msg::encode_command(els)
     }
 
-    async fn pending(&self, assoc: &mut AsyncServerAssociation<TcpStream>) -> Result<(), DimseError> {
+    async fn pending(
+        &self,
+        assoc: &mut AsyncServerAssociation<TcpStream>,
+    ) -> Result<(), DimseError> {
         if self.remaining == 0 {
             return Ok(());
         }
@@ -513,18 +714,34 @@ impl RetrieveResponder {
         msg::send(assoc, self.pc_id, c, None).await
     }
 
-    async fn finish(&self, assoc: &mut AsyncServerAssociation<TcpStream>, status: u16, comment: Option<&str>) -> Result<(), DimseError> {
+    async fn finish(
+        &self,
+        assoc: &mut AsyncServerAssociation<TcpStream>,
+        status: u16,
+        comment: Option<&str>,
+    ) -> Result<(), DimseError> {
         let c = self.command(status, status == 0 || status == 0xFE00, false, comment)?;
         msg::send(assoc, self.pc_id, c, None).await
     }
 
-    async fn finish_counts(&self, assoc: &mut AsyncServerAssociation<TcpStream>) -> Result<(), DimseError> {
+    async fn finish_counts(
+        &self,
+        assoc: &mut AsyncServerAssociation<TcpStream>,
+    ) -> Result<(), DimseError> {
         if self.failed == 0 && self.warning == 0 {
             return self.finish(assoc, 0, None).await;
         }
-        let status = if self.completed == 0 && self.warning == 0 { 0xA702 } else { 0xB000 };
+        let status = if self.completed == 0 && self.warning == 0 {
+            0xA702
+        } else {
+            0xB000
+        };
         let mut ds = InMemDicomObject::new_empty();
-        ds.put(DataElement::new(tags::FAILED_SOP_INSTANCE_UID_LIST, VR::UI, PrimitiveValue::Strs(self.failed_uids.clone().into())));
+        ds.put(DataElement::new(
+            tags::FAILED_SOP_INSTANCE_UID_LIST,
+            VR::UI,
+            PrimitiveValue::Strs(self.failed_uids.clone().into()),
+        ));
         let data = msg::encode_dataset(&ds, msg::IMPLICIT_LE, false)?;
         let has_data = !self.failed_uids.is_empty();
         let c = self.command(status, true, has_data, Some("some sub-operations failed"))?;
@@ -542,7 +759,10 @@ fn pc_ts(assoc: &AsyncServerAssociation<TcpStream>, pc_id: u8) -> String {
 }
 
 fn msg_uncompressed(ts: &str) -> bool {
-    matches!(ts, "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2")
+    matches!(
+        ts,
+        "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2"
+    )
 }
 
 /// Re-encodes an uncompressed data set into another uncompressed transfer syntax.
@@ -551,7 +771,8 @@ pub fn transcode(ds: &[u8], from: &str, to: &str) -> Result<Vec<u8>, String> {
         return Ok(ds.to_vec());
     }
     let obj = parse::parse_dataset(ds, from, &Limits::default()).map_err(|e| e.to_string())?;
-    let utf8 = parse::get_str(&obj, tags::SPECIFIC_CHARACTER_SET).is_some_and(|c| c.contains("192"));
+    let utf8 =
+        parse::get_str(&obj, tags::SPECIFIC_CHARACTER_SET).is_some_and(|c| c.contains("192"));
     msg::encode_dataset(&obj, to, utf8).map_err(|e| e.to_string())
 }
 

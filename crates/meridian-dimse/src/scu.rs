@@ -33,7 +33,13 @@ impl StoreStatus {
 
 impl StoreScu {
     /// Opens an association proposing each (SOP class, transfer syntaxes) context.
-    pub async fn connect(addr: &str, called_ae: &str, calling_ae: &str, contexts: &[(String, Vec<String>)], max_pdu: u32) -> Result<StoreScu, DimseError> {
+    pub async fn connect(
+        addr: &str,
+        called_ae: &str,
+        calling_ae: &str,
+        contexts: &[(String, Vec<String>)],
+        max_pdu: u32,
+    ) -> Result<StoreScu, DimseError> {
         let mut opts = ClientAssociationOptions::new()
             .calling_ae_title(calling_ae.to_owned())
             .called_ae_title(called_ae.to_owned())
@@ -55,7 +61,11 @@ impl StoreScu {
         self.assoc
             .presentation_contexts()
             .iter()
-            .find(|pc| pc.reason == PresentationContextResultReason::Acceptance && pc.abstract_syntax.trim_end_matches('\0') == sop_class && pc.transfer_syntax.trim_end_matches('\0') == ts)
+            .find(|pc| {
+                pc.reason == PresentationContextResultReason::Acceptance
+                    && pc.abstract_syntax.trim_end_matches('\0') == sop_class
+                    && pc.transfer_syntax.trim_end_matches('\0') == ts
+            })
             .map(|pc| pc.id)
     }
 
@@ -64,13 +74,23 @@ impl StoreScu {
         self.assoc
             .presentation_contexts()
             .iter()
-            .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance && pc.abstract_syntax.trim_end_matches('\0') == sop_class)
+            .filter(|pc| {
+                pc.reason == PresentationContextResultReason::Acceptance
+                    && pc.abstract_syntax.trim_end_matches('\0') == sop_class
+            })
             .map(|pc| (pc.id, pc.transfer_syntax.trim_end_matches('\0').to_owned()))
             .collect()
     }
 
     /// Sends one data set with C-STORE and waits for the response.
-    pub async fn store(&mut self, pc_id: u8, sop_class: &str, sop_uid: &str, dataset: &[u8], origin: Option<(&str, u16)>) -> Result<StoreStatus, DimseError> {
+    pub async fn store(
+        &mut self,
+        pc_id: u8,
+        sop_class: &str,
+        sop_uid: &str,
+        dataset: &[u8],
+        origin: Option<(&str, u16)>,
+    ) -> Result<StoreStatus, DimseError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let mut els = vec![
@@ -92,7 +112,10 @@ impl StoreScu {
                 status: msg::get_u16(&m.command, tags::STATUS).unwrap_or(0xFFFF),
                 comment: m.str(tags::ERROR_COMMENT),
             }),
-            Incoming::Message(m) => Err(DimseError::Unexpected(format!("command 0x{:04X} instead of C-STORE-RSP", m.field()))),
+            Incoming::Message(m) => Err(DimseError::Unexpected(format!(
+                "command 0x{:04X} instead of C-STORE-RSP",
+                m.field()
+            ))),
             Incoming::Released | Incoming::Aborted => Err(DimseError::Aborted),
         }
     }

@@ -25,7 +25,11 @@ impl Blobs {
         std::fs::create_dir_all(root)?;
         let root = root.canonicalize()?;
         let store = LocalFileSystem::new_with_prefix(&root)?;
-        Ok(Blobs { store: Arc::new(store), root, fsync })
+        Ok(Blobs {
+            store: Arc::new(store),
+            root,
+            fsync,
+        })
     }
 
     fn loc(key: &str) -> ObjPath {

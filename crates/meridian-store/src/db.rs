@@ -29,9 +29,12 @@ impl Db {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             DbKind::Postgres
         } else {
-            return Err(StoreError::Config("database URL must start with sqlite: or postgres:".into()));
+            return Err(StoreError::Config(
+                "database URL must start with sqlite: or postgres:".into(),
+            ));
         };
-        let mut opts = AnyPoolOptions::new().max_connections(if kind == DbKind::Sqlite { 8 } else { 16 });
+        let mut opts =
+            AnyPoolOptions::new().max_connections(if kind == DbKind::Sqlite { 8 } else { 16 });
         if kind == DbKind::Sqlite {
             opts = opts.after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -56,16 +59,19 @@ impl Db {
             .await?;
         for (version, sql) in MIGRATIONS {
             let mut tx = self.pool.begin().await?;
-            let done: Option<(i64,)> = sqlx::query_as("SELECT version FROM meridian_migrations WHERE version = $1")
-                .bind(*version)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let done: Option<(i64,)> =
+                sqlx::query_as("SELECT version FROM meridian_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if done.is_some() {
                 tx.rollback().await?;
                 continue;
             }
             for stmt in split_statements(sql) {
-                tx.execute(sqlx::AssertSqlSafe(stmt)).await.map_err(|e| StoreError::Migration(*version, e.to_string()))?;
+                tx.execute(sqlx::AssertSqlSafe(stmt))
+                    .await
+                    .map_err(|e| StoreError::Migration(*version, e.to_string()))?;
             }
             sqlx::query("INSERT INTO meridian_migrations (version, applied_at) VALUES ($1, $2)")
                 .bind(*version)
@@ -80,6 +86,15 @@ impl Db {
 
 /// Splits a migration into statements (no semicolons inside literals in our SQL).
 fn split_statements(sql: &str) -> Vec<String> {
-    let no_comments: String = sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
-    no_comments.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    let no_comments: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    no_comments
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }

@@ -14,24 +14,41 @@ use tokio::sync::Semaphore;
 use crate::{Store, StoreError, StoreOutcome};
 
 static RECEIVED: LazyLock<IntCounter> = LazyLock::new(|| {
-    let c = IntCounter::new("meridian_instances_received_total", "Instances stored (new, duplicate or replaced)").expect("metric");
+    let c = IntCounter::new(
+        "meridian_instances_received_total",
+        "Instances stored (new, duplicate or replaced)",
+    )
+    .expect("metric");
     prometheus::register(Box::new(c.clone())).ok();
     c
 });
 static BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
-    let c = IntCounter::new("meridian_bytes_received_total", "Bytes of instances stored").expect("metric");
+    let c = IntCounter::new("meridian_bytes_received_total", "Bytes of instances stored")
+        .expect("metric");
     prometheus::register(Box::new(c.clone())).ok();
     c
 });
 static FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let c = IntCounterVec::new(Opts::new("meridian_store_failures_total", "Instances refused, by reason"), &["reason"]).expect("metric");
+    let c = IntCounterVec::new(
+        Opts::new(
+            "meridian_store_failures_total",
+            "Instances refused, by reason",
+        ),
+        &["reason"],
+    )
+    .expect("metric");
     prometheus::register(Box::new(c.clone())).ok();
     c
 });
 static LATENCY: LazyLock<Histogram> = LazyLock::new(|| {
     let h = Histogram::with_opts(
-        HistogramOpts::new("meridian_store_seconds", "Time to parse and durably store one instance")
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        HistogramOpts::new(
+            "meridian_store_seconds",
+            "Time to parse and durably store one instance",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]),
     )
     .expect("metric");
     prometheus::register(Box::new(h.clone())).ok();
@@ -88,9 +105,18 @@ impl IngestError {
 pub enum Input {
     /// A whole Part 10 file (STOW-RS, import); `expect_study` refuses
     /// instances of another study (STOW-RS to /studies/{study}).
-    Part10 { bytes: Bytes, expect_study: Option<String> },
+    Part10 {
+        bytes: Bytes,
+        expect_study: Option<String>,
+    },
     /// A data set received over DIMSE in a negotiated transfer syntax.
-    Dataset { data: Bytes, transfer_syntax: String, sop_class: String, sop_instance: String, source_ae: String },
+    Dataset {
+        data: Bytes,
+        transfer_syntax: String,
+        sop_class: String,
+        sop_instance: String,
+        source_ae: String,
+    },
 }
 
 /// Shared ingest service.
@@ -104,7 +130,11 @@ pub struct Ingest {
 impl Ingest {
     pub fn new(store: Store, limits: Limits, workers: usize) -> Ingest {
         register_metrics();
-        Ingest { store, limits, cpu: Arc::new(Semaphore::new(workers.max(1))) }
+        Ingest {
+            store,
+            limits,
+            cpu: Arc::new(Semaphore::new(workers.max(1))),
+        }
     }
 
     /// Parses, validates and durably stores one instance.
@@ -121,35 +151,63 @@ impl Ingest {
         r
     }
 
-    async fn ingest_inner(&self, input: Input) -> Result<(InstanceInfo, StoreOutcome), IngestError> {
-        let permit = self.cpu.clone().acquire_owned().await.map_err(|_| IngestError::Busy)?;
+    async fn ingest_inner(
+        &self,
+        input: Input,
+    ) -> Result<(InstanceInfo, StoreOutcome), IngestError> {
+        let permit = self
+            .cpu
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| IngestError::Busy)?;
         let limits = self.limits;
-        let parsed = tokio::task::spawn_blocking(move || -> Result<(InstanceInfo, Bytes), IngestError> {
-            let _permit = permit;
-            match input {
-                Input::Part10 { bytes, expect_study } => {
-                    let (_, _, info) = parse::parse_part10(&bytes, &limits)?;
-                    if expect_study.is_some_and(|s| s != info.study_uid) {
-                        return Err(ParseError::Mismatch("StudyInstanceUID", "the study in the request URL").into());
+        let parsed =
+            tokio::task::spawn_blocking(move || -> Result<(InstanceInfo, Bytes), IngestError> {
+                let _permit = permit;
+                match input {
+                    Input::Part10 {
+                        bytes,
+                        expect_study,
+                    } => {
+                        let (_, _, info) = parse::parse_part10(&bytes, &limits)?;
+                        if expect_study.is_some_and(|s| s != info.study_uid) {
+                            return Err(ParseError::Mismatch(
+                                "StudyInstanceUID",
+                                "the study in the request URL",
+                            )
+                            .into());
+                        }
+                        Ok((info, bytes))
                     }
-                    Ok((info, bytes))
+                    Input::Dataset {
+                        data,
+                        transfer_syntax,
+                        sop_class,
+                        sop_instance,
+                        source_ae,
+                    } => {
+                        let obj = parse::parse_dataset(&data, &transfer_syntax, &limits)?;
+                        let info = parse::extract(&obj, &transfer_syntax)?;
+                        if info.sop_instance_uid != sop_instance.trim_end_matches(['\0', ' ']) {
+                            return Err(ParseError::Mismatch(
+                                "SOPInstanceUID",
+                                "AffectedSOPInstanceUID",
+                            )
+                            .into());
+                        }
+                        if info.sop_class_uid != sop_class.trim_end_matches(['\0', ' ']) {
+                            return Err(
+                                ParseError::Mismatch("SOPClassUID", "AffectedSOPClassUID").into()
+                            );
+                        }
+                        let file = parse::build_part10(&data, &info, &source_ae)?;
+                        Ok((info, Bytes::from(file)))
+                    }
                 }
-                Input::Dataset { data, transfer_syntax, sop_class, sop_instance, source_ae } => {
-                    let obj = parse::parse_dataset(&data, &transfer_syntax, &limits)?;
-                    let info = parse::extract(&obj, &transfer_syntax)?;
-                    if info.sop_instance_uid != sop_instance.trim_end_matches(['\0', ' ']) {
-                        return Err(ParseError::Mismatch("SOPInstanceUID", "AffectedSOPInstanceUID").into());
-                    }
-                    if info.sop_class_uid != sop_class.trim_end_matches(['\0', ' ']) {
-                        return Err(ParseError::Mismatch("SOPClassUID", "AffectedSOPClassUID").into());
-                    }
-                    let file = parse::build_part10(&data, &info, &source_ae)?;
-                    Ok((info, Bytes::from(file)))
-                }
-            }
-        })
-        .await
-        .map_err(|_| IngestError::Busy)??;
+            })
+            .await
+            .map_err(|_| IngestError::Busy)??;
         let (info, file) = parsed;
         if !sop::is_storage_sop_class(&info.sop_class_uid) {
             return Err(IngestError::NotStorage(info.sop_class_uid));

@@ -13,8 +13,8 @@
 //!   one PostgreSQL fire each stable event once.
 
 mod blobs;
-pub mod ingest;
 mod db;
+pub mod ingest;
 mod query;
 mod writer;
 
@@ -24,8 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use blobs::Blobs;
 pub use db::DbKind;
-pub use query::{InstanceRef, QueryRow};
 use meridian_dicom::InstanceInfo;
+pub use query::{InstanceRef, QueryRow};
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -65,7 +65,9 @@ impl std::str::FromStr for DuplicatePolicy {
         match s {
             "keep-first" => Ok(DuplicatePolicy::KeepFirst),
             "replace" => Ok(DuplicatePolicy::Replace),
-            other => Err(format!("unknown duplicate policy `{other}` (keep-first or replace)")),
+            other => Err(format!(
+                "unknown duplicate policy `{other}` (keep-first or replace)"
+            )),
         }
     }
 }
@@ -115,7 +117,10 @@ struct Inner {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Builds the object key of an instance from its (validated) UIDs.
@@ -123,7 +128,10 @@ pub fn object_key(info: &InstanceInfo, nonce: u64) -> Result<String, StoreError>
     for u in [&info.study_uid, &info.series_uid, &info.sop_instance_uid] {
         meridian_core::validate_uid(u).map_err(|e| StoreError::BadKey(format!("{u:?}: {e}")))?;
     }
-    Ok(format!("{}/{}/{}.{:016x}.dcm", info.study_uid, info.series_uid, info.sop_instance_uid, nonce))
+    Ok(format!(
+        "{}/{}/{}.{:016x}.dcm",
+        info.study_uid, info.series_uid, info.sop_instance_uid, nonce
+    ))
 }
 
 impl Store {
@@ -132,7 +140,10 @@ impl Store {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let url = match &cfg.database_url {
             Some(u) => u.clone(),
-            None => format!("sqlite://{}?mode=rwc", cfg.data_dir.join("index.db").display()),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                cfg.data_dir.join("index.db").display()
+            ),
         };
         let db = db::Db::connect(&url).await?;
         db.migrate().await?;
@@ -140,7 +151,15 @@ impl Store {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer::run(db.clone(), rx, cfg.duplicate_policy));
         let (events, _) = broadcast::channel(1024);
-        Ok(Store { inner: Arc::new(Inner { db, blobs, writer: tx, policy: cfg.duplicate_policy, events }) })
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                blobs,
+                writer: tx,
+                policy: cfg.duplicate_policy,
+                events,
+            }),
+        })
     }
 
     pub fn db_kind(&self) -> DbKind {
@@ -158,15 +177,26 @@ impl Store {
 
     /// Stores one validated instance: file durably first, then its index row.
     /// Returns only when both are durable.
-    pub async fn store(&self, info: InstanceInfo, file: bytes::Bytes) -> Result<StoreOutcome, StoreError> {
-        if self.inner.policy == DuplicatePolicy::KeepFirst && self.contains(&info.sop_instance_uid).await? {
+    pub async fn store(
+        &self,
+        info: InstanceInfo,
+        file: bytes::Bytes,
+    ) -> Result<StoreOutcome, StoreError> {
+        if self.inner.policy == DuplicatePolicy::KeepFirst
+            && self.contains(&info.sop_instance_uid).await?
+        {
             return Ok(StoreOutcome::Duplicate);
         }
         let key = object_key(&info, rand_u64())?;
         let size = file.len() as i64;
         self.inner.blobs.put_durable(&key, file).await?;
         let (reply, rx) = oneshot::channel();
-        let job = writer::Job { info, key: key.clone(), size, reply };
+        let job = writer::Job {
+            info,
+            key: key.clone(),
+            size,
+            reply,
+        };
         if self.inner.writer.send(job).await.is_err() {
             return Err(StoreError::Closed);
         }
@@ -191,10 +221,11 @@ impl Store {
 
     /// Whether an instance is indexed.
     pub async fn contains(&self, sop_uid: &str) -> Result<bool, StoreError> {
-        let n: Option<(String,)> = sqlx::query_as("SELECT sop_uid FROM instances WHERE sop_uid = $1")
-            .bind(sop_uid)
-            .fetch_optional(&self.inner.db.pool)
-            .await?;
+        let n: Option<(String,)> =
+            sqlx::query_as("SELECT sop_uid FROM instances WHERE sop_uid = $1")
+                .bind(sop_uid)
+                .fetch_optional(&self.inner.db.pool)
+                .await?;
         Ok(n.is_some())
     }
 
@@ -204,12 +235,20 @@ impl Store {
     }
 
     /// Instances under a study / series / instance, ordered for retrieval.
-    pub async fn instances(&self, study: Option<&str>, series: Option<&str>, sop: Option<&str>) -> Result<Vec<InstanceRef>, StoreError> {
+    pub async fn instances(
+        &self,
+        study: Option<&str>,
+        series: Option<&str>,
+        sop: Option<&str>,
+    ) -> Result<Vec<InstanceRef>, StoreError> {
         query::instances(&self.inner.db, study, series, sop).await
     }
 
     /// Instances matching a C-MOVE/C-GET identifier at a level (UID lists allowed).
-    pub async fn instances_for_query(&self, q: &meridian_core::Query) -> Result<Vec<InstanceRef>, StoreError> {
+    pub async fn instances_for_query(
+        &self,
+        q: &meridian_core::Query,
+    ) -> Result<Vec<InstanceRef>, StoreError> {
         query::instances_for_query(&self.inner.db, q).await
     }
 
@@ -221,7 +260,11 @@ impl Store {
     /// Marks studies with no new instance for `quiet_ms` as stable, claiming
     /// each with a conditional update (exactly one node wins), records a
     /// `stable` event in the outbox and publishes it. Returns the events fired.
-    pub async fn sweep_stable(&self, quiet_ms: i64, now: i64) -> Result<Vec<StudyEvent>, StoreError> {
+    pub async fn sweep_stable(
+        &self,
+        quiet_ms: i64,
+        now: i64,
+    ) -> Result<Vec<StudyEvent>, StoreError> {
         let cutoff = now - quiet_ms;
         let pool = &self.inner.db.pool;
         let candidates: Vec<(String,)> =
@@ -239,15 +282,21 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             if r.rows_affected() == 1 {
-                sqlx::query("INSERT INTO study_events (id, study_uid, kind, at) VALUES ($1, $2, $3, $4)")
-                    .bind(format!("{now:013}-{:016x}", rand_u64()))
-                    .bind(&uid)
-                    .bind("stable")
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO study_events (id, study_uid, kind, at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(format!("{now:013}-{:016x}", rand_u64()))
+                .bind(&uid)
+                .bind("stable")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
-                let ev = StudyEvent { study_uid: uid, kind: "stable".into(), at_ms: now };
+                let ev = StudyEvent {
+                    study_uid: uid,
+                    kind: "stable".into(),
+                    at_ms: now,
+                };
                 let _ = self.inner.events.send(ev.clone());
                 fired.push(ev);
             } else {
@@ -259,29 +308,47 @@ impl Store {
 
     /// Events recorded in the outbox since `since_ms` (inclusive), oldest first.
     pub async fn events_since(&self, since_ms: i64) -> Result<Vec<StudyEvent>, StoreError> {
-        let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT study_uid, kind, at FROM study_events WHERE at >= $1 ORDER BY at, id")
-                .bind(since_ms)
-                .fetch_all(&self.inner.db.pool)
-                .await?;
-        Ok(rows.into_iter().map(|(study_uid, kind, at_ms)| StudyEvent { study_uid, kind, at_ms }).collect())
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT study_uid, kind, at FROM study_events WHERE at >= $1 ORDER BY at, id",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.inner.db.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(study_uid, kind, at_ms)| StudyEvent {
+                study_uid,
+                kind,
+                at_ms,
+            })
+            .collect())
     }
 
     /// Stability state of a study: `Some(stable_at)` once stable.
-    pub async fn study_stable_at(&self, study_uid: &str) -> Result<Option<Option<i64>>, StoreError> {
-        let r: Option<(Option<i64>,)> = sqlx::query_as("SELECT stable_at FROM studies WHERE study_uid = $1")
-            .bind(study_uid)
-            .fetch_optional(&self.inner.db.pool)
-            .await?;
+    pub async fn study_stable_at(
+        &self,
+        study_uid: &str,
+    ) -> Result<Option<Option<i64>>, StoreError> {
+        let r: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT stable_at FROM studies WHERE study_uid = $1")
+                .bind(study_uid)
+                .fetch_optional(&self.inner.db.pool)
+                .await?;
         Ok(r.map(|(s,)| s))
     }
 
     /// Counts of studies, series and instances.
     pub async fn counts(&self) -> Result<(i64, i64, i64), StoreError> {
         let pool = &self.inner.db.pool;
-        let (a,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM studies").fetch_one(pool).await?;
-        let (b,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM series").fetch_one(pool).await?;
-        let (c,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM instances").fetch_one(pool).await?;
+        let (a,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM studies")
+            .fetch_one(pool)
+            .await?;
+        let (b,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM series")
+            .fetch_one(pool)
+            .await?;
+        let (c,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM instances")
+            .fetch_one(pool)
+            .await?;
         Ok((a, b, c))
     }
 
@@ -290,14 +357,19 @@ impl Store {
     pub async fn fsck(&self) -> Result<FsckReport, StoreError> {
         use futures::TryStreamExt;
         let pool = &self.inner.db.pool;
-        let mut rows = sqlx::query_as::<_, (String, String, i64)>("SELECT sop_uid, object_key, size FROM instances").fetch(pool);
+        let mut rows = sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT sop_uid, object_key, size FROM instances",
+        )
+        .fetch(pool);
         let mut report = FsckReport::default();
         let mut known = std::collections::HashSet::new();
         while let Some((sop, key, size)) = rows.try_next().await? {
             report.checked += 1;
             match self.inner.blobs.size(&key).await? {
                 None => report.missing.push((sop, key.clone())),
-                Some(s) if s as i64 != size => report.wrong_size.push((sop, key.clone(), size, s as i64)),
+                Some(s) if s as i64 != size => {
+                    report.wrong_size.push((sop, key.clone(), size, s as i64))
+                }
                 Some(_) => {}
             }
             known.insert(key);
@@ -338,10 +410,14 @@ impl FsckReport {
 fn rand_u64() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static CTR: AtomicU64 = AtomicU64::new(0);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
     let c = CTR.fetch_add(1, Ordering::Relaxed);
     // SplitMix64 of time, counter and pid: unique per process, unpredictable enough for keys.
-    let mut z = t ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id()).rotate_left(32);
+    let mut z =
+        t ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id()).rotate_left(32);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

@@ -17,7 +17,10 @@ pub struct QueryRow {
 
 impl QueryRow {
     pub fn get(&self, tag: u32) -> Option<&str> {
-        self.values.iter().find(|(t, _)| *t == tag).map(|(_, v)| v.as_str())
+        self.values
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -122,7 +125,11 @@ impl Sql {
                 }
                 if let Some(hi) = hi {
                     // A time bound like 1200 includes 120059.999: compare as a prefix.
-                    let hi = if kind == AttrKind::Time { format!("{hi}~") } else { hi.clone() };
+                    let hi = if kind == AttrKind::Time {
+                        format!("{hi}~")
+                    } else {
+                        hi.clone()
+                    };
                     let p = self.p(Param::Text(hi));
                     self.conds.push(format!("{c} <= {p}"));
                 }
@@ -139,14 +146,18 @@ impl Sql {
                 self.conds.push(format!("({})", ors.join(" OR ")));
             }
             (Matcher::UidList(list), _) => {
-                let ps: Vec<String> = list.iter().map(|v| self.p(Param::Text(v.clone()))).collect();
+                let ps: Vec<String> = list
+                    .iter()
+                    .map(|v| self.p(Param::Text(v.clone())))
+                    .collect();
                 self.conds.push(format!("{c} IN ({})", ps.join(", ")));
             }
             (Matcher::Fuzzy(words), _) => {
                 for w in words {
                     if a.tag == 0x0010_0010 {
                         let p = self.p(Param::Text(format!("%^{}%", like_escape(w))));
-                        self.conds.push(format!("st.patient_name_fuzzy LIKE {p} ESCAPE '!'"));
+                        self.conds
+                            .push(format!("st.patient_name_fuzzy LIKE {p} ESCAPE '!'"));
                     } else {
                         let p = self.p(Param::Text(format!("%{}%", like_escape(w))));
                         self.conds.push(format!("LOWER({c}) LIKE {p} ESCAPE '!'"));
@@ -157,10 +168,17 @@ impl Sql {
     }
 
     fn where_clause(&self) -> String {
-        if self.conds.is_empty() { String::new() } else { format!(" WHERE {}", self.conds.join(" AND ")) }
+        if self.conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.conds.join(" AND "))
+        }
     }
 
-    fn bind(self, mut q: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    fn bind(
+        self,
+        mut q: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
         for p in self.params {
             q = match p {
                 Param::Text(s) => q.bind(s),
@@ -175,12 +193,17 @@ fn from_clause(level: Level) -> &'static str {
     match level {
         Level::Patient | Level::Study => " FROM studies st",
         Level::Series => " FROM series se JOIN studies st ON st.study_uid = se.study_uid",
-        Level::Image => " FROM instances i JOIN series se ON se.series_uid = i.series_uid JOIN studies st ON st.study_uid = i.study_uid",
+        Level::Image => {
+            " FROM instances i JOIN series se ON se.series_uid = i.series_uid JOIN studies st ON st.study_uid = i.study_uid"
+        }
     }
 }
 
 fn build(q: &Query) -> Sql {
-    let mut sql = Sql { conds: Vec::new(), params: Vec::new() };
+    let mut sql = Sql {
+        conds: Vec::new(),
+        params: Vec::new(),
+    };
     for (a, m) in &q.keys {
         sql.add(a, m);
     }
@@ -189,7 +212,11 @@ fn build(q: &Query) -> Sql {
 
 fn get_text(row: &AnyRow, idx: usize, kind: AttrKind) -> Option<String> {
     if kind == AttrKind::Integer {
-        return row.try_get::<Option<i64>, _>(idx).ok().flatten().map(|v| v.to_string());
+        return row
+            .try_get::<Option<i64>, _>(idx)
+            .ok()
+            .flatten()
+            .map(|v| v.to_string());
     }
     row.try_get::<Option<String>, _>(idx).ok().flatten()
 }
@@ -205,27 +232,41 @@ pub(crate) async fn find(db: &Db, q: &Query) -> Result<Vec<QueryRow>, StoreError
     if q.level == Level::Patient {
         return find_patients(db, q).await;
     }
-    let cols: Vec<&Attr> = ATTRS.iter().filter(|a| a.level != Level::Patient || true).filter(|a| a.level <= q.level).filter(|a| a.level != Level::Patient || q.level >= Level::Study).collect();
-    let select: Vec<String> = cols
-        .iter()
-        .map(|a| if a.kind == AttrKind::CodeSet { format!("{}", col(a)) } else { col(a) })
-        .collect();
+    // Every indexed attribute of this level and the levels above it.
+    let cols: Vec<&Attr> = ATTRS.iter().filter(|a| a.level <= q.level).collect();
+    let select: Vec<String> = cols.iter().map(|a| col(a)).collect();
     let order = match q.level {
-        Level::Patient | Level::Study => " ORDER BY st.study_date DESC, st.study_time DESC, st.study_uid",
+        Level::Patient | Level::Study => {
+            " ORDER BY st.study_date DESC, st.study_time DESC, st.study_uid"
+        }
         Level::Series => " ORDER BY se.series_number, se.series_uid",
         Level::Image => " ORDER BY i.instance_number, i.sop_uid",
     };
     let mut sql = build(q);
     let lim = limit_clause(q, &mut sql);
-    let text = format!("SELECT {}{}{}{}{}", select.join(", "), from_clause(q.level), sql.where_clause(), order, lim);
-    let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(text))).fetch_all(&db.pool).await?;
+    let text = format!(
+        "SELECT {}{}{}{}{}",
+        select.join(", "),
+        from_clause(q.level),
+        sql.where_clause(),
+        order,
+        lim
+    );
+    let rows = sql
+        .bind(sqlx::query(sqlx::AssertSqlSafe(text)))
+        .fetch_all(&db.pool)
+        .await?;
     Ok(rows
         .iter()
         .map(|row| {
             let mut values = Vec::with_capacity(cols.len());
             for (idx, a) in cols.iter().enumerate() {
                 if let Some(v) = get_text(row, idx, a.kind) {
-                    let v = if a.kind == AttrKind::CodeSet { v.trim_matches('/').replace('/', "\\") } else { v };
+                    let v = if a.kind == AttrKind::CodeSet {
+                        v.trim_matches('/').replace('/', "\\")
+                    } else {
+                        v
+                    };
                     values.push((a.tag, v));
                 }
             }
@@ -247,7 +288,10 @@ async fn find_patients(db: &Db, q: &Query) -> Result<Vec<QueryRow>, StoreError> 
         select.join(", "),
         lim
     );
-    let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(text))).fetch_all(&db.pool).await?;
+    let rows = sql
+        .bind(sqlx::query(sqlx::AssertSqlSafe(text)))
+        .fetch_all(&db.pool)
+        .await?;
     Ok(rows
         .iter()
         .map(|row| {
@@ -258,7 +302,10 @@ async fn find_patients(db: &Db, q: &Query) -> Result<Vec<QueryRow>, StoreError> 
                 }
             }
             if let Ok(n) = row.try_get::<i64, _>(cols.len()) {
-                values.push((meridian_core::attrs::NUMBER_OF_PATIENT_RELATED_STUDIES, n.to_string()));
+                values.push((
+                    meridian_core::attrs::NUMBER_OF_PATIENT_RELATED_STUDIES,
+                    n.to_string(),
+                ));
             }
             QueryRow { values }
         })
@@ -280,9 +327,21 @@ fn instance_ref(row: &AnyRow) -> Result<InstanceRef, sqlx::Error> {
     })
 }
 
-pub(crate) async fn instances(db: &Db, study: Option<&str>, series: Option<&str>, sop: Option<&str>) -> Result<Vec<InstanceRef>, StoreError> {
-    let mut sql = Sql { conds: Vec::new(), params: Vec::new() };
-    for (c, v) in [("i.study_uid", study), ("i.series_uid", series), ("i.sop_uid", sop)] {
+pub(crate) async fn instances(
+    db: &Db,
+    study: Option<&str>,
+    series: Option<&str>,
+    sop: Option<&str>,
+) -> Result<Vec<InstanceRef>, StoreError> {
+    let mut sql = Sql {
+        conds: Vec::new(),
+        params: Vec::new(),
+    };
+    for (c, v) in [
+        ("i.study_uid", study),
+        ("i.series_uid", series),
+        ("i.sop_uid", sop),
+    ] {
         if let Some(v) = v {
             let p = sql.p(Param::Text(v.to_owned()));
             sql.conds.push(format!("{c} = {p}"));
@@ -292,17 +351,32 @@ pub(crate) async fn instances(db: &Db, study: Option<&str>, series: Option<&str>
         "SELECT {INSTANCE_COLS} FROM instances i LEFT JOIN series se ON se.series_uid = i.series_uid{} ORDER BY se.series_number, i.series_uid, i.instance_number, i.sop_uid",
         sql.where_clause()
     );
-    let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(text))).fetch_all(&db.pool).await?;
-    rows.iter().map(instance_ref).collect::<Result<_, _>>().map_err(Into::into)
+    let rows = sql
+        .bind(sqlx::query(sqlx::AssertSqlSafe(text)))
+        .fetch_all(&db.pool)
+        .await?;
+    rows.iter()
+        .map(instance_ref)
+        .collect::<Result<_, _>>()
+        .map_err(Into::into)
 }
 
-pub(crate) async fn instances_for_query(db: &Db, q: &Query) -> Result<Vec<InstanceRef>, StoreError> {
+pub(crate) async fn instances_for_query(
+    db: &Db,
+    q: &Query,
+) -> Result<Vec<InstanceRef>, StoreError> {
     let sql = build(q);
     let text = format!(
         "SELECT {INSTANCE_COLS}{}{} ORDER BY se.series_number, i.series_uid, i.instance_number, i.sop_uid",
         from_clause(Level::Image),
         sql.where_clause()
     );
-    let rows = sql.bind(sqlx::query(sqlx::AssertSqlSafe(text))).fetch_all(&db.pool).await?;
-    rows.iter().map(instance_ref).collect::<Result<_, _>>().map_err(Into::into)
+    let rows = sql
+        .bind(sqlx::query(sqlx::AssertSqlSafe(text)))
+        .fetch_all(&db.pool)
+        .await?;
+    rows.iter()
+        .map(instance_ref)
+        .collect::<Result<_, _>>()
+        .map_err(Into::into)
 }

@@ -46,7 +46,9 @@ pub(crate) async fn run(db: Db, mut rx: mpsc::Receiver<Job>, policy: DuplicatePo
                 // does not fail its neighbours.
                 tracing::warn!(error = %e, "group commit failed; retrying individually");
                 for job in jobs {
-                    let r = commit(&db, std::slice::from_ref(&job), policy).await.map(|mut v| v.remove(0));
+                    let r = commit(&db, std::slice::from_ref(&job), policy)
+                        .await
+                        .map(|mut v| v.remove(0));
                     let _ = job.reply.send(r);
                 }
             }
@@ -54,7 +56,11 @@ pub(crate) async fn run(db: Db, mut rx: mpsc::Receiver<Job>, policy: DuplicatePo
     }
 }
 
-async fn commit(db: &Db, jobs: &[Job], policy: DuplicatePolicy) -> Result<Vec<Written>, StoreError> {
+async fn commit(
+    db: &Db,
+    jobs: &[Job],
+    policy: DuplicatePolicy,
+) -> Result<Vec<Written>, StoreError> {
     let mut tx = db.pool.begin().await?;
     let now = now_ms();
     let mut out = Vec::with_capacity(jobs.len());
@@ -75,11 +81,20 @@ fn s(info: &InstanceInfo, tag: u32) -> Option<String> {
 
 /// Lower-cased name components, delimited by `^` on both sides, for fuzzy matching.
 pub(crate) fn fuzzy_name(name: &str) -> String {
-    let comps: Vec<String> = name.split(['^', '=', ' ']).filter(|c| !c.is_empty()).map(str::to_lowercase).collect();
+    let comps: Vec<String> = name
+        .split(['^', '=', ' '])
+        .filter(|c| !c.is_empty())
+        .map(str::to_lowercase)
+        .collect();
     format!("^{}^", comps.join("^"))
 }
 
-async fn insert_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, job: &Job, now: i64, policy: DuplicatePolicy) -> Result<Written, StoreError> {
+async fn insert_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    job: &Job,
+    now: i64,
+    policy: DuplicatePolicy,
+) -> Result<Written, StoreError> {
     let i = &job.info;
     let r = sqlx::query(
         "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class, instance_number, rows_, columns_, frames, bits_allocated, transfer_syntax, object_key, size, received_at) \
@@ -104,10 +119,11 @@ async fn insert_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, job: &Job, now: i
         return match policy {
             DuplicatePolicy::KeepFirst => Ok(Written::Duplicate),
             DuplicatePolicy::Replace => {
-                let (old,): (String,) = sqlx::query_as("SELECT object_key FROM instances WHERE sop_uid = $1")
-                    .bind(&i.sop_instance_uid)
-                    .fetch_one(&mut **tx)
-                    .await?;
+                let (old,): (String,) =
+                    sqlx::query_as("SELECT object_key FROM instances WHERE sop_uid = $1")
+                        .bind(&i.sop_instance_uid)
+                        .fetch_one(&mut **tx)
+                        .await?;
                 sqlx::query("UPDATE instances SET object_key = $1, size = $2, transfer_syntax = $3, received_at = $4 WHERE sop_uid = $5")
                     .bind(&job.key)
                     .bind(job.size)
@@ -116,11 +132,13 @@ async fn insert_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, job: &Job, now: i
                     .bind(&i.sop_instance_uid)
                     .execute(&mut **tx)
                     .await?;
-                sqlx::query("UPDATE studies SET updated_at = $1, stable_at = NULL WHERE study_uid = $2")
-                    .bind(now)
-                    .bind(&i.study_uid)
-                    .execute(&mut **tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE studies SET updated_at = $1, stable_at = NULL WHERE study_uid = $2",
+                )
+                .bind(now)
+                .bind(&i.study_uid)
+                .execute(&mut **tx)
+                .await?;
                 Ok(Written::Replaced(old))
             }
         };
@@ -177,7 +195,10 @@ async fn insert_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, job: &Job, now: i
     .bind(&i.study_uid)
     .execute(&mut **tx)
     .await?;
-    if let Some(m) = i.get(0x0008_0060).filter(|m| !m.is_empty() && !m.contains(['/', '%', '_', '!'])) {
+    if let Some(m) = i
+        .get(0x0008_0060)
+        .filter(|m| !m.is_empty() && !m.contains(['/', '%', '_', '!']))
+    {
         sqlx::query("UPDATE studies SET modalities = modalities || $1 WHERE study_uid = $2 AND modalities NOT LIKE $3")
             .bind(format!("{m}/"))
             .bind(&i.study_uid)

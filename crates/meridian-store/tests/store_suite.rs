@@ -3,8 +3,8 @@
 //! local server). Each test gets its own database.
 
 use bytes::Bytes;
-use meridian_core::attrs::{Level, by_keyword};
 use meridian_core::Query;
+use meridian_core::attrs::{Level, by_keyword};
 use meridian_dicom::InstanceInfo;
 use meridian_store::{DuplicatePolicy, Store, StoreConfig, StoreOutcome};
 
@@ -16,13 +16,24 @@ struct Env {
 
 async fn pg_url_for_test() -> Option<String> {
     let base = std::env::var("MERIDIAN_DATABASE_URL").ok()?;
-    assert!(base.starts_with("postgres"), "MERIDIAN_DATABASE_URL must be a postgres:// URL");
+    assert!(
+        base.starts_with("postgres"),
+        "MERIDIAN_DATABASE_URL must be a postgres:// URL"
+    );
     // A fresh database per test, created through the base URL.
     use sqlx::Executor;
     sqlx::any::install_default_drivers();
-    let name = format!("meridian_t_{}_{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-    let pool = sqlx::AnyPool::connect(&base).await.expect("REQUIRED PEER: cannot connect to PostgreSQL at MERIDIAN_DATABASE_URL");
-    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create database");
+    let name = format!(
+        "meridian_t_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let pool = sqlx::AnyPool::connect(&base)
+        .await
+        .expect("REQUIRED PEER: cannot connect to PostgreSQL at MERIDIAN_DATABASE_URL");
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("create database");
     pool.close().await;
     let (head, tail) = match base.split_once('?') {
         Some((h, t)) => (h.to_owned(), format!("?{t}")),
@@ -37,8 +48,17 @@ static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0)
 async fn env_with(policy: DuplicatePolicy) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let url = pg_url_for_test().await;
-    let cfg = StoreConfig { data_dir: dir.path().to_owned(), database_url: url.clone(), duplicate_policy: policy, fsync: true };
-    Env { store: Store::open(&cfg).await.unwrap(), _dir: dir, url }
+    let cfg = StoreConfig {
+        data_dir: dir.path().to_owned(),
+        database_url: url.clone(),
+        duplicate_policy: policy,
+        fsync: true,
+    };
+    Env {
+        store: Store::open(&cfg).await.unwrap(),
+        _dir: dir,
+        url,
+    }
 }
 
 async fn env() -> Env {
@@ -46,7 +66,12 @@ async fn env() -> Env {
 }
 
 fn info(study: &str, series: &str, sop: &str, extra: &[(u32, &str)]) -> InstanceInfo {
-    let mut values = vec![(0x0010_0010, "DOE^JOHN".to_owned()), (0x0010_0020, "P1".to_owned()), (0x0008_0060, "CT".to_owned()), (0x0008_0020, "20240115".to_owned())];
+    let mut values = vec![
+        (0x0010_0010, "DOE^JOHN".to_owned()),
+        (0x0010_0020, "P1".to_owned()),
+        (0x0008_0060, "CT".to_owned()),
+        (0x0008_0020, "20240115".to_owned()),
+    ];
     for (t, v) in extra {
         values.retain(|(x, _)| x != t);
         values.push((*t, (*v).to_owned()));
@@ -74,36 +99,150 @@ async fn store_and_find_at_every_level() {
     let e = env().await;
     let s = &e.store;
     for n in 0..3 {
-        s.store(info("1.2.3", "1.2.3.1", &format!("1.2.3.1.{n}"), &[(0x0020_0013, &n.to_string())]), Bytes::from(vec![n as u8; 100])).await.unwrap();
+        s.store(
+            info(
+                "1.2.3",
+                "1.2.3.1",
+                &format!("1.2.3.1.{n}"),
+                &[(0x0020_0013, &n.to_string())],
+            ),
+            Bytes::from(vec![n as u8; 100]),
+        )
+        .await
+        .unwrap();
     }
-    s.store(info("1.2.3", "1.2.3.2", "1.2.3.2.1", &[(0x0008_0060, "SR")]), Bytes::from_static(b"x")).await.unwrap();
-    s.store(info("1.2.4", "1.2.4.1", "1.2.4.1.1", &[(0x0010_0010, "ROE^JANE"), (0x0010_0020, "P2"), (0x0008_0020, "20230610"), (0x0008_0060, "MR")]), Bytes::from_static(b"y")).await.unwrap();
+    s.store(
+        info("1.2.3", "1.2.3.2", "1.2.3.2.1", &[(0x0008_0060, "SR")]),
+        Bytes::from_static(b"x"),
+    )
+    .await
+    .unwrap();
+    s.store(
+        info(
+            "1.2.4",
+            "1.2.4.1",
+            "1.2.4.1.1",
+            &[
+                (0x0010_0010, "ROE^JANE"),
+                (0x0010_0020, "P2"),
+                (0x0008_0020, "20230610"),
+                (0x0008_0060, "MR"),
+            ],
+        ),
+        Bytes::from_static(b"y"),
+    )
+    .await
+    .unwrap();
 
     let studies = s.find(&q(Level::Study, &[])).await.unwrap();
     assert_eq!(studies.len(), 2);
-    let st = studies.iter().find(|r| r.get(0x0020_000D) == Some("1.2.3")).unwrap();
+    let st = studies
+        .iter()
+        .find(|r| r.get(0x0020_000D) == Some("1.2.3"))
+        .unwrap();
     assert_eq!(st.get(0x0020_1208), Some("4"));
     assert_eq!(st.get(0x0020_1206), Some("2"));
     assert_eq!(st.get(0x0008_0061), Some("CT\\SR"));
 
-    assert_eq!(s.find(&q(Level::Study, &[("PatientName", "DOE*")])).await.unwrap().len(), 1);
-    assert_eq!(s.find(&q(Level::Study, &[("PatientName", "doe*")])).await.unwrap().len(), 0, "matching is case-sensitive");
-    assert_eq!(s.find(&q(Level::Study, &[("PatientName", "?OE^JA*")])).await.unwrap().len(), 1);
-    assert_eq!(s.find(&q(Level::Study, &[("StudyDate", "20240101-")])).await.unwrap().len(), 1);
-    assert_eq!(s.find(&q(Level::Study, &[("StudyDate", "-20231231")])).await.unwrap().len(), 1);
-    assert_eq!(s.find(&q(Level::Study, &[("StudyDate", "20230101-20241231")])).await.unwrap().len(), 2);
-    assert_eq!(s.find(&q(Level::Study, &[("ModalitiesInStudy", "SR")])).await.unwrap().len(), 1);
-    assert_eq!(s.find(&q(Level::Study, &[("ModalitiesInStudy", "MR\\SR")])).await.unwrap().len(), 2);
-    assert_eq!(s.find(&q(Level::Study, &[("StudyInstanceUID", "1.2.3\\1.2.4\\1.9")])).await.unwrap().len(), 2);
-    assert_eq!(s.find(&q(Level::Series, &[("StudyInstanceUID", "1.2.3")])).await.unwrap().len(), 2);
-    let series = s.find(&q(Level::Series, &[("Modality", "CT")])).await.unwrap();
+    assert_eq!(
+        s.find(&q(Level::Study, &[("PatientName", "DOE*")]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.find(&q(Level::Study, &[("PatientName", "doe*")]))
+            .await
+            .unwrap()
+            .len(),
+        0,
+        "matching is case-sensitive"
+    );
+    assert_eq!(
+        s.find(&q(Level::Study, &[("PatientName", "?OE^JA*")]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.find(&q(Level::Study, &[("StudyDate", "20240101-")]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.find(&q(Level::Study, &[("StudyDate", "-20231231")]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.find(&q(Level::Study, &[("StudyDate", "20230101-20241231")]))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.find(&q(Level::Study, &[("ModalitiesInStudy", "SR")]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.find(&q(Level::Study, &[("ModalitiesInStudy", "MR\\SR")]))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.find(&q(
+            Level::Study,
+            &[("StudyInstanceUID", "1.2.3\\1.2.4\\1.9")]
+        ))
+        .await
+        .unwrap()
+        .len(),
+        2
+    );
+    assert_eq!(
+        s.find(&q(Level::Series, &[("StudyInstanceUID", "1.2.3")]))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let series = s
+        .find(&q(Level::Series, &[("Modality", "CT")]))
+        .await
+        .unwrap();
     assert_eq!(series.len(), 1);
     assert_eq!(series[0].get(0x0020_1209), Some("3"));
-    let imgs = s.find(&q(Level::Image, &[("SeriesInstanceUID", "1.2.3.1")])).await.unwrap();
-    assert_eq!(imgs.iter().map(|r| r.get(0x0008_0018).unwrap()).collect::<Vec<_>>(), ["1.2.3.1.0", "1.2.3.1.1", "1.2.3.1.2"]);
-    let patients = s.find(&q(Level::Patient, &[("PatientID", "P1")])).await.unwrap();
+    let imgs = s
+        .find(&q(Level::Image, &[("SeriesInstanceUID", "1.2.3.1")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        imgs.iter()
+            .map(|r| r.get(0x0008_0018).unwrap())
+            .collect::<Vec<_>>(),
+        ["1.2.3.1.0", "1.2.3.1.1", "1.2.3.1.2"]
+    );
+    let patients = s
+        .find(&q(Level::Patient, &[("PatientID", "P1")]))
+        .await
+        .unwrap();
     assert_eq!(patients.len(), 1);
-    assert_eq!(patients[0].get(meridian_core::attrs::NUMBER_OF_PATIENT_RELATED_STUDIES), Some("1"));
+    assert_eq!(
+        patients[0].get(meridian_core::attrs::NUMBER_OF_PATIENT_RELATED_STUDIES),
+        Some("1")
+    );
 
     // limit / offset
     let mut page = q(Level::Image, &[]);
@@ -113,35 +252,96 @@ async fn store_and_find_at_every_level() {
 
     // fuzzy
     let mut fz = Query::new(Level::Study);
-    fz.add_key(by_keyword("PatientName").unwrap(), "jan", true).unwrap();
+    fz.add_key(by_keyword("PatientName").unwrap(), "jan", true)
+        .unwrap();
     assert_eq!(s.find(&fz).await.unwrap().len(), 1);
 
     // retrieval lists
-    assert_eq!(s.instances(Some("1.2.3"), None, None).await.unwrap().len(), 4);
-    assert_eq!(s.instances(Some("1.2.3"), Some("1.2.3.1"), Some("1.2.3.1.1")).await.unwrap().len(), 1);
-    let refs = s.instances(Some("1.2.3"), Some("1.2.3.1"), Some("1.2.3.1.1")).await.unwrap();
-    assert_eq!(s.read(&refs[0].key).await.unwrap(), Bytes::from(vec![1u8; 100]));
+    assert_eq!(
+        s.instances(Some("1.2.3"), None, None).await.unwrap().len(),
+        4
+    );
+    assert_eq!(
+        s.instances(Some("1.2.3"), Some("1.2.3.1"), Some("1.2.3.1.1"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let refs = s
+        .instances(Some("1.2.3"), Some("1.2.3.1"), Some("1.2.3.1.1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.read(&refs[0].key).await.unwrap(),
+        Bytes::from(vec![1u8; 100])
+    );
     let _ = &e.url;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wildcard_metacharacters_are_literal_in_sql() {
     let e = env().await;
-    e.store.store(info("1.5", "1.5.1", "1.5.1.1", &[(0x0010_0010, "100%_SURE")]), Bytes::from_static(b"a")).await.unwrap();
-    e.store.store(info("1.6", "1.6.1", "1.6.1.1", &[(0x0010_0010, "100XYSURE")]), Bytes::from_static(b"a")).await.unwrap();
-    assert_eq!(e.store.find(&q(Level::Study, &[("PatientName", "100%_*")])).await.unwrap().len(), 1);
-    assert_eq!(e.store.find(&q(Level::Study, &[("PatientName", "' OR 1=1 --")])).await.unwrap().len(), 0);
+    e.store
+        .store(
+            info("1.5", "1.5.1", "1.5.1.1", &[(0x0010_0010, "100%_SURE")]),
+            Bytes::from_static(b"a"),
+        )
+        .await
+        .unwrap();
+    e.store
+        .store(
+            info("1.6", "1.6.1", "1.6.1.1", &[(0x0010_0010, "100XYSURE")]),
+            Bytes::from_static(b"a"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        e.store
+            .find(&q(Level::Study, &[("PatientName", "100%_*")]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        e.store
+            .find(&q(Level::Study, &[("PatientName", "' OR 1=1 --")]))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicates_never_duplicate() {
     let e = env().await;
     let a = info("1.7", "1.7.1", "1.7.1.1", &[]);
-    assert_eq!(e.store.store(a.clone(), Bytes::from_static(b"first")).await.unwrap(), StoreOutcome::Stored);
-    assert_eq!(e.store.store(a.clone(), Bytes::from_static(b"second")).await.unwrap(), StoreOutcome::Duplicate);
-    let refs = e.store.instances(None, None, Some("1.7.1.1")).await.unwrap();
+    assert_eq!(
+        e.store
+            .store(a.clone(), Bytes::from_static(b"first"))
+            .await
+            .unwrap(),
+        StoreOutcome::Stored
+    );
+    assert_eq!(
+        e.store
+            .store(a.clone(), Bytes::from_static(b"second"))
+            .await
+            .unwrap(),
+        StoreOutcome::Duplicate
+    );
+    let refs = e
+        .store
+        .instances(None, None, Some("1.7.1.1"))
+        .await
+        .unwrap();
     assert_eq!(refs.len(), 1);
-    assert_eq!(e.store.read(&refs[0].key).await.unwrap(), Bytes::from_static(b"first"));
+    assert_eq!(
+        e.store.read(&refs[0].key).await.unwrap(),
+        Bytes::from_static(b"first")
+    );
     assert_eq!(e.store.counts().await.unwrap(), (1, 1, 1));
     // Concurrent re-sends of one new instance: exactly one row, one file.
     let b = info("1.8", "1.8.1", "1.8.1.1", &[]);
@@ -149,24 +349,56 @@ async fn duplicates_never_duplicate() {
     for i in 0..8 {
         let s = e.store.clone();
         let b = b.clone();
-        tasks.push(tokio::spawn(async move { s.store(b, Bytes::from(vec![i; 10])).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            s.store(b, Bytes::from(vec![i; 10])).await.unwrap()
+        }));
     }
-    let outcomes: Vec<_> = futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
-    assert_eq!(outcomes.iter().filter(|o| **o == StoreOutcome::Stored).count(), 1);
+    let outcomes: Vec<_> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == StoreOutcome::Stored)
+            .count(),
+        1
+    );
     assert_eq!(e.store.counts().await.unwrap(), (2, 2, 2));
     let report = e.store.fsck().await.unwrap();
     assert!(report.is_consistent());
-    assert!(report.orphans.is_empty(), "losing copies must be deleted: {:?}", report.orphans);
+    assert!(
+        report.orphans.is_empty(),
+        "losing copies must be deleted: {:?}",
+        report.orphans
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replace_policy_replaces() {
     let e = env_with(DuplicatePolicy::Replace).await;
     let a = info("1.9", "1.9.1", "1.9.1.1", &[]);
-    e.store.store(a.clone(), Bytes::from_static(b"first")).await.unwrap();
-    assert_eq!(e.store.store(a, Bytes::from_static(b"second")).await.unwrap(), StoreOutcome::Replaced);
-    let refs = e.store.instances(None, None, Some("1.9.1.1")).await.unwrap();
-    assert_eq!(e.store.read(&refs[0].key).await.unwrap(), Bytes::from_static(b"second"));
+    e.store
+        .store(a.clone(), Bytes::from_static(b"first"))
+        .await
+        .unwrap();
+    assert_eq!(
+        e.store
+            .store(a, Bytes::from_static(b"second"))
+            .await
+            .unwrap(),
+        StoreOutcome::Replaced
+    );
+    let refs = e
+        .store
+        .instances(None, None, Some("1.9.1.1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        e.store.read(&refs[0].key).await.unwrap(),
+        Bytes::from_static(b"second")
+    );
     assert_eq!(e.store.counts().await.unwrap(), (1, 1, 1));
     assert!(e.store.fsck().await.unwrap().orphans.is_empty());
 }
@@ -174,24 +406,53 @@ async fn replace_policy_replaces() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stable_event_fires_once_across_nodes_and_survives_restart() {
     let e = env().await;
-    e.store.store(info("2.1", "2.1.1", "2.1.1.1", &[]), Bytes::from_static(b"a")).await.unwrap();
+    e.store
+        .store(
+            info("2.1", "2.1.1", "2.1.1.1", &[]),
+            Bytes::from_static(b"a"),
+        )
+        .await
+        .unwrap();
     // A second "node" on the same database (and same data dir).
-    let cfg = StoreConfig { data_dir: e._dir.path().to_owned(), database_url: e.url.clone(), duplicate_policy: DuplicatePolicy::KeepFirst, fsync: true };
+    let cfg = StoreConfig {
+        data_dir: e._dir.path().to_owned(),
+        database_url: e.url.clone(),
+        duplicate_policy: DuplicatePolicy::KeepFirst,
+        fsync: true,
+    };
     let other = Store::open(&cfg).await.unwrap();
     let now = meridian_store::now_ms();
     // Not yet quiet long enough.
     assert!(e.store.sweep_stable(60_000, now).await.unwrap().is_empty());
     // Both nodes sweep concurrently later: exactly one fires.
     let later = now + 61_000;
-    let (a, b) = tokio::join!(e.store.sweep_stable(60_000, later), other.sweep_stable(60_000, later));
+    let (a, b) = tokio::join!(
+        e.store.sweep_stable(60_000, later),
+        other.sweep_stable(60_000, later)
+    );
     assert_eq!(a.unwrap().len() + b.unwrap().len(), 1);
-    assert!(e.store.sweep_stable(60_000, later + 1).await.unwrap().is_empty());
-    assert_eq!(e.store.study_stable_at("2.1").await.unwrap(), Some(Some(later)));
+    assert!(
+        e.store
+            .sweep_stable(60_000, later + 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        e.store.study_stable_at("2.1").await.unwrap(),
+        Some(Some(later))
+    );
     let evs = e.store.events_since(0).await.unwrap();
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0].kind, "stable");
     // A new instance makes it unstable again; it fires again later.
-    e.store.store(info("2.1", "2.1.1", "2.1.1.2", &[]), Bytes::from_static(b"b")).await.unwrap();
+    e.store
+        .store(
+            info("2.1", "2.1.1", "2.1.1.2", &[]),
+            Bytes::from_static(b"b"),
+        )
+        .await
+        .unwrap();
     assert_eq!(e.store.study_stable_at("2.1").await.unwrap(), Some(None));
     let after = meridian_store::now_ms() + 61_000;
     assert_eq!(other.sweep_stable(60_000, after).await.unwrap().len(), 1);
@@ -200,10 +461,26 @@ async fn stable_event_fires_once_across_nodes_and_survives_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fsck_finds_missing_files() {
     let e = env().await;
-    e.store.store(info("3.1", "3.1.1", "3.1.1.1", &[]), Bytes::from_static(b"a")).await.unwrap();
-    e.store.store(info("3.1", "3.1.1", "3.1.1.2", &[]), Bytes::from_static(b"b")).await.unwrap();
+    e.store
+        .store(
+            info("3.1", "3.1.1", "3.1.1.1", &[]),
+            Bytes::from_static(b"a"),
+        )
+        .await
+        .unwrap();
+    e.store
+        .store(
+            info("3.1", "3.1.1", "3.1.1.2", &[]),
+            Bytes::from_static(b"b"),
+        )
+        .await
+        .unwrap();
     assert!(e.store.fsck().await.unwrap().is_consistent());
-    let refs = e.store.instances(None, None, Some("3.1.1.2")).await.unwrap();
+    let refs = e
+        .store
+        .instances(None, None, Some("3.1.1.2"))
+        .await
+        .unwrap();
     std::fs::remove_file(e.store.blobs().local_path(&refs[0].key).unwrap()).unwrap();
     let r = e.store.fsck().await.unwrap();
     assert!(!r.is_consistent());
@@ -226,7 +503,17 @@ async fn many_concurrent_stores_group_commit() {
     for n in 0..400 {
         let s = e.store.clone();
         tasks.push(tokio::spawn(async move {
-            s.store(info("4.1", &format!("4.1.{}", n % 4), &format!("4.1.{}.{n}", n % 4), &[]), Bytes::from(vec![0u8; 64])).await.unwrap()
+            s.store(
+                info(
+                    "4.1",
+                    &format!("4.1.{}", n % 4),
+                    &format!("4.1.{}.{n}", n % 4),
+                    &[],
+                ),
+                Bytes::from(vec![0u8; 64]),
+            )
+            .await
+            .unwrap()
         }));
     }
     for t in tasks {

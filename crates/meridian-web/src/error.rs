@@ -13,7 +13,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, title, detail: detail.into() }
+        ApiError {
+            status,
+            title,
+            detail: detail.into(),
+        }
     }
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "Not Found", detail)
@@ -22,7 +26,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "Bad Request", detail)
     }
     pub fn internal(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", detail)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            detail,
+        )
     }
     pub fn not_acceptable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_ACCEPTABLE, "Not Acceptable", detail)
@@ -35,7 +43,12 @@ impl IntoResponse for ApiError {
             tracing::error!(status = %self.status, detail = %self.detail, "request failed");
         }
         let body = json!({"type": "about:blank", "title": self.title, "status": self.status.as_u16(), "detail": self.detail});
-        (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
     }
 }
 
@@ -47,5 +60,6 @@ impl From<meridian_store::StoreError> for ApiError {
 
 /// Validates a UID from a URL path.
 pub fn uid(s: &str) -> Result<&str, ApiError> {
-    meridian_core::validate_uid(s).map_err(|e| ApiError::bad_request(format!("invalid UID {s:?}: {e}")))
+    meridian_core::validate_uid(s)
+        .map_err(|e| ApiError::bad_request(format!("invalid UID {s:?}: {e}")))
 }

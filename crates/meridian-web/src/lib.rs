@@ -30,6 +30,8 @@ pub struct WebConfig {
     pub max_request: usize,
     /// Directory of a prebuilt viewer (OHIF dist) served at `/`.
     pub viewer_dir: Option<PathBuf>,
+    /// The listening port, for URLs when a client's Host header has none.
+    pub http_port: u16,
 }
 
 /// Shared state of the HTTP handlers.
@@ -52,18 +54,54 @@ pub fn router(state: AppState) -> Router {
         .route("/studies/{study}/series", get(qido::study_series))
         .route("/studies/{study}/instances", get(qido::study_instances))
         .route("/studies/{study}/series/{series}", get(wado::series))
-        .route("/studies/{study}/series/{series}/metadata", get(wado::series_metadata))
-        .route("/studies/{study}/series/{series}/rendered", get(wado::series_rendered))
-        .route("/studies/{study}/series/{series}/thumbnail", get(wado::series_thumbnail))
-        .route("/studies/{study}/series/{series}/instances", get(qido::series_instances))
-        .route("/studies/{study}/series/{series}/instances/{instance}", get(wado::instance))
-        .route("/studies/{study}/series/{series}/instances/{instance}/metadata", get(wado::instance_metadata))
-        .route("/studies/{study}/series/{series}/instances/{instance}/rendered", get(wado::instance_rendered))
-        .route("/studies/{study}/series/{series}/instances/{instance}/thumbnail", get(wado::instance_thumbnail))
-        .route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", get(wado::frames))
-        .route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", get(wado::frame_rendered))
-        .route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", get(wado::frame_thumbnail))
-        .route("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{*path}", get(wado::bulkdata))
+        .route(
+            "/studies/{study}/series/{series}/metadata",
+            get(wado::series_metadata),
+        )
+        .route(
+            "/studies/{study}/series/{series}/rendered",
+            get(wado::series_rendered),
+        )
+        .route(
+            "/studies/{study}/series/{series}/thumbnail",
+            get(wado::series_thumbnail),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances",
+            get(qido::series_instances),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}",
+            get(wado::instance),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/metadata",
+            get(wado::instance_metadata),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/rendered",
+            get(wado::instance_rendered),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/thumbnail",
+            get(wado::instance_thumbnail),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+            get(wado::frames),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
+            get(wado::frame_rendered),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail",
+            get(wado::frame_thumbnail),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{*path}",
+            get(wado::bulkdata),
+        )
         .route("/series", get(qido::all_series))
         .route("/instances", get(qido::all_instances))
         .fallback(|| async { ApiError::not_found("no such DICOMweb resource") })
@@ -74,23 +112,38 @@ pub fn router(state: AppState) -> Router {
         .route("/app-config.js", get(viewer::app_config))
         .nest("/dicom-web", dw);
     app = match &state.cfg.viewer_dir {
-        Some(dir) => app.fallback_service(viewer::service(dir)),
-        None => app.route("/", get(index)).fallback(|| async { ApiError::not_found("not found") }),
+        Some(dir) => app.fallback_service(viewer::service(dir).with_state(())),
+        None => app
+            .route("/", get(index))
+            .fallback(|| async { ApiError::not_found("not found") }),
     };
-    app.layer(TraceLayer::new_for_http()).layer(axum::middleware::map_response(security_headers)).with_state(state)
+    app.layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
 }
 
 async fn security_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 
 async fn healthz(State(st): State<AppState>) -> Response {
     match st.store.counts().await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Index unavailable", e.to_string()).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Index unavailable",
+            e.to_string(),
+        )
+        .into_response(),
     }
 }
 
@@ -99,10 +152,18 @@ async fn metrics() -> Response {
     let mut buf = Vec::new();
     let enc = prometheus::TextEncoder::new();
     if let Err(e) = enc.encode(&prometheus::gather(), &mut buf) {
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Metrics unavailable", e.to_string()).into_response();
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Metrics unavailable",
+            e.to_string(),
+        )
+        .into_response();
     }
     let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     (h, buf).into_response()
 }
 
@@ -114,8 +175,29 @@ async fn index() -> Response {
 }
 
 /// The base URL of the request (scheme and host), for RetrieveURL and BulkDataURI.
-pub(crate) fn base_url(headers: &HeaderMap) -> String {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| h.bytes().all(|b| b.is_ascii_graphic())).unwrap_or("localhost");
-    let proto = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).filter(|p| *p == "https").unwrap_or("http");
-    format!("{proto}://{host}/dicom-web")
+pub(crate) fn base_url(headers: &HeaderMap, port: u16) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'@')
+        })
+        .unwrap_or("localhost");
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
+    // A Host without a port (some clients drop it) means our own port, not 80.
+    let has_port = !host.ends_with(']')
+        && host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if has_port || (proto == "http" && port == 80) {
+        format!("{proto}://{host}/dicom-web")
+    } else {
+        format!("{proto}://{host}:{port}/dicom-web")
+    }
 }

@@ -4,7 +4,11 @@ use bytes::Bytes;
 
 /// A fresh boundary.
 pub fn boundary() -> String {
-    format!("meridian-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+    format!(
+        "meridian-{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
 }
 
 /// The header block preceding a part.
@@ -59,7 +63,10 @@ pub fn parse_accept(h: Option<&str>) -> Vec<AcceptItem> {
         if media.is_empty() {
             continue;
         }
-        let mut a = AcceptItem { media, ..Default::default() };
+        let mut a = AcceptItem {
+            media,
+            ..Default::default()
+        };
         for p in parts {
             if let Some((k, v)) = p.split_once('=') {
                 let v = v.trim().trim_matches('"').to_owned();
@@ -81,7 +88,9 @@ mod tests {
 
     #[test]
     fn accept_parsing() {
-        let v = parse_accept(Some("multipart/related; type=\"application/octet-stream\"; transfer-syntax=*, image/jpeg;q=0.5"));
+        let v = parse_accept(Some(
+            "multipart/related; type=\"application/octet-stream\"; transfer-syntax=*, image/jpeg;q=0.5",
+        ));
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].media, "multipart/related");
         assert_eq!(v[0].part_type.as_deref(), Some("application/octet-stream"));

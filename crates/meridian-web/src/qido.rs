@@ -26,17 +26,45 @@ pub async fn all_series(State(st): State<AppState>, h: HeaderMap, Q(p): Params) 
 pub async fn all_instances(State(st): State<AppState>, h: HeaderMap, Q(p): Params) -> Response {
     run(st, h, p, Level::Image, &[]).await
 }
-pub async fn study_series(State(st): State<AppState>, Path(study): Path<String>, h: HeaderMap, Q(p): Params) -> Response {
+pub async fn study_series(
+    State(st): State<AppState>,
+    Path(study): Path<String>,
+    h: HeaderMap,
+    Q(p): Params,
+) -> Response {
     run(st, h, p, Level::Series, &[(0x0020_000D, study)]).await
 }
-pub async fn study_instances(State(st): State<AppState>, Path(study): Path<String>, h: HeaderMap, Q(p): Params) -> Response {
+pub async fn study_instances(
+    State(st): State<AppState>,
+    Path(study): Path<String>,
+    h: HeaderMap,
+    Q(p): Params,
+) -> Response {
     run(st, h, p, Level::Image, &[(0x0020_000D, study)]).await
 }
-pub async fn series_instances(State(st): State<AppState>, Path((study, series)): Path<(String, String)>, h: HeaderMap, Q(p): Params) -> Response {
-    run(st, h, p, Level::Image, &[(0x0020_000D, study), (0x0020_000E, series)]).await
+pub async fn series_instances(
+    State(st): State<AppState>,
+    Path((study, series)): Path<(String, String)>,
+    h: HeaderMap,
+    Q(p): Params,
+) -> Response {
+    run(
+        st,
+        h,
+        p,
+        Level::Image,
+        &[(0x0020_000D, study), (0x0020_000E, series)],
+    )
+    .await
 }
 
-async fn run(st: AppState, h: HeaderMap, params: Vec<(String, String)>, level: Level, fixed: &[(u32, String)]) -> Response {
+async fn run(
+    st: AppState,
+    h: HeaderMap,
+    params: Vec<(String, String)>,
+    level: Level,
+    fixed: &[(u32, String)],
+) -> Response {
     match search(&st, &h, params, level, fixed).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -47,10 +75,18 @@ fn qerr(e: QueryError) -> ApiError {
     ApiError::bad_request(e.to_string())
 }
 
-async fn search(st: &AppState, h: &HeaderMap, params: Vec<(String, String)>, level: Level, fixed: &[(u32, String)]) -> Result<Response, ApiError> {
+async fn search(
+    st: &AppState,
+    h: &HeaderMap,
+    params: Vec<(String, String)>,
+    level: Level,
+    fixed: &[(u32, String)],
+) -> Result<Response, ApiError> {
     let mut q = Query::new(level);
     q.limit = Some(DEFAULT_LIMIT);
-    let fuzzy = params.iter().any(|(k, v)| k == "fuzzymatching" && v == "true");
+    let fuzzy = params
+        .iter()
+        .any(|(k, v)| k == "fuzzymatching" && v == "true");
     let mut warnings = Vec::new();
     for (tag, v) in fixed {
         uid(v)?;
@@ -59,8 +95,18 @@ async fn search(st: &AppState, h: &HeaderMap, params: Vec<(String, String)>, lev
     }
     for (k, v) in &params {
         match k.as_str() {
-            "limit" => q.limit = Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("bad limit {v:?}")))?.min(MAX_LIMIT)),
-            "offset" => q.offset = v.parse().map_err(|_| ApiError::bad_request(format!("bad offset {v:?}")))?,
+            "limit" => {
+                q.limit = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| ApiError::bad_request(format!("bad limit {v:?}")))?
+                        .min(MAX_LIMIT),
+                )
+            }
+            "offset" => {
+                q.offset = v
+                    .parse()
+                    .map_err(|_| ApiError::bad_request(format!("bad offset {v:?}")))?
+            }
             "fuzzymatching" => {}
             "includefield" => {
                 for f in v.split(',').map(str::trim).filter(|f| !f.is_empty()) {
@@ -74,11 +120,19 @@ async fn search(st: &AppState, h: &HeaderMap, params: Vec<(String, String)>, lev
                 }
             }
             key => {
-                let tag = attrs::parse_attribute_id(key).ok_or_else(|| ApiError::bad_request(format!("unknown query attribute {key:?}")))?;
+                let tag = attrs::parse_attribute_id(key).ok_or_else(|| {
+                    ApiError::bad_request(format!("unknown query attribute {key:?}"))
+                })?;
                 match attrs::by_tag(tag) {
-                    Some(a) if !matches!(a.column, "num_series" | "num_instances") && a.tag != 0x0008_3002 => {
+                    Some(a)
+                        if !matches!(a.column, "num_series" | "num_instances")
+                            && a.tag != 0x0008_3002 =>
+                    {
                         if a.level > level {
-                            return Err(ApiError::bad_request(format!("{} cannot be matched at this level", a.keyword)));
+                            return Err(ApiError::bad_request(format!(
+                                "{} cannot be matched at this level",
+                                a.keyword
+                            )));
                         }
                         q.add_key(a, v, fuzzy).map_err(qerr)?;
                     }
@@ -88,9 +142,13 @@ async fn search(st: &AppState, h: &HeaderMap, params: Vec<(String, String)>, lev
         }
     }
     let rows = st.store.find(&q).await?;
-    let base = base_url(h);
+    let base = base_url(h, st.cfg.http_port);
     let out: Vec<J> = rows.iter().map(|r| row_json(r, &q, &base)).collect();
-    let mut resp = ([(header::CONTENT_TYPE, "application/dicom+json")], J::Array(out).to_string()).into_response();
+    let mut resp = (
+        [(header::CONTENT_TYPE, "application/dicom+json")],
+        J::Array(out).to_string(),
+    )
+        .into_response();
     if !warnings.is_empty() {
         let w = format!("299 meridian \"{}\"", warnings.join("; ").replace('"', "'"));
         if let Ok(v) = header::HeaderValue::from_str(&w) {
@@ -129,7 +187,10 @@ fn row_json(r: &QueryRow, q: &Query, base: &str) -> J {
     let study = r.get(0x0020_000D).unwrap_or("");
     let url = match q.level {
         Level::Patient | Level::Study => format!("{base}/studies/{study}"),
-        Level::Series => format!("{base}/studies/{study}/series/{}", r.get(0x0020_000E).unwrap_or("")),
+        Level::Series => format!(
+            "{base}/studies/{study}/series/{}",
+            r.get(0x0020_000E).unwrap_or("")
+        ),
         Level::Image => format!(
             "{base}/studies/{study}/series/{}/instances/{}",
             r.get(0x0020_000E).unwrap_or(""),

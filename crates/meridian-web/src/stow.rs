@@ -13,11 +13,20 @@ use crate::error::{ApiError, uid};
 use crate::{AppState, base_url};
 
 pub async fn stow(State(st): State<AppState>, h: HeaderMap, body: Body) -> Response {
-    run(st, h, None, body).await.unwrap_or_else(IntoResponse::into_response)
+    run(st, h, None, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn stow_study(State(st): State<AppState>, Path(study): Path<String>, h: HeaderMap, body: Body) -> Response {
-    run(st, h, Some(study), body).await.unwrap_or_else(IntoResponse::into_response)
+pub async fn stow_study(
+    State(st): State<AppState>,
+    Path(study): Path<String>,
+    h: HeaderMap,
+    body: Body,
+) -> Response {
+    run(st, h, Some(study), body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Extracts `boundary` from a multipart Content-Type, quoted or not.
@@ -28,67 +37,173 @@ fn boundary_of(ct: &str) -> Option<String> {
     })
 }
 
+/// Whether a multipart error comes from a size limit (ours or the body limit layer's).
+fn too_large(e: &multer::Error) -> bool {
+    match e {
+        multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. } => true,
+        multer::Error::StreamReadFailed(inner) => {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());
+            while let Some(s) = src {
+                if s.to_string().contains("length limit exceeded") {
+                    return true;
+                }
+                src = s.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
 struct Outcome {
     sop_class: String,
     sop_uid: String,
     failure: Option<(u16, String)>,
 }
 
-async fn run(st: AppState, h: HeaderMap, study: Option<String>, body: Body) -> Result<Response, ApiError> {
+async fn run(
+    st: AppState,
+    h: HeaderMap,
+    study: Option<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
     if let Some(s) = &study {
         uid(s)?;
     }
-    let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let declared = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.cfg.max_request as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload Too Large",
+            format!(
+                "request body exceeds the limit of {} bytes",
+                st.cfg.max_request
+            ),
+        ));
+    }
     let mut outcomes = Vec::new();
     let max_part = st.ingest.limits.max_object;
     if media == "application/dicom" {
-        let bytes = axum::body::to_bytes(body, max_part).await.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large", e.to_string()))?;
+        let bytes = axum::body::to_bytes(body, max_part.min(st.cfg.max_request))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Payload Too Large",
+                    e.to_string(),
+                )
+            })?;
         outcomes.push(store_one(&st, bytes, study.clone()).await);
     } else if media == "multipart/related" {
-        let part_type = ct
-            .split(';')
-            .find_map(|p| p.split_once('=').filter(|(k, _)| k.trim().eq_ignore_ascii_case("type")).map(|(_, v)| v.trim().trim_matches('"').to_ascii_lowercase()));
-        if part_type.as_deref().is_some_and(|t| t != "application/dicom") {
-            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type", "only type=\"application/dicom\" parts are accepted"));
+        let part_type = ct.split(';').find_map(|p| {
+            p.split_once('=')
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("type"))
+                .map(|(_, v)| v.trim().trim_matches('"').to_ascii_lowercase())
+        });
+        if part_type
+            .as_deref()
+            .is_some_and(|t| t != "application/dicom")
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported Media Type",
+                "only type=\"application/dicom\" parts are accepted",
+            ));
         }
-        let boundary = boundary_of(&ct).ok_or_else(|| ApiError::bad_request("multipart/related without a boundary"))?;
-        let constraints = multer::Constraints::new().size_limit(multer::SizeLimit::new().per_field(max_part as u64));
-        let mut mp = multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
+        let boundary = boundary_of(&ct)
+            .ok_or_else(|| ApiError::bad_request("multipart/related without a boundary"))?;
+        let constraints = multer::Constraints::new().size_limit(
+            multer::SizeLimit::new()
+                .per_field(max_part as u64)
+                .whole_stream(st.cfg.max_request as u64),
+        );
+        let mut mp =
+            multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
         loop {
             let field = match mp.next_field().await {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
                     if outcomes.is_empty() {
-                        let status = if matches!(e, multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. }) { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+                        let status = if matches!(
+                            e,
+                            multer::Error::FieldSizeExceeded { .. }
+                                | multer::Error::StreamSizeExceeded { .. }
+                        ) {
+                            StatusCode::PAYLOAD_TOO_LARGE
+                        } else {
+                            StatusCode::BAD_REQUEST
+                        };
                         return Err(ApiError::new(status, "Bad multipart body", e.to_string()));
                     }
-                    outcomes.push(Outcome { sop_class: String::new(), sop_uid: String::new(), failure: Some((0xA700, e.to_string())) });
+                    outcomes.push(Outcome {
+                        sop_class: String::new(),
+                        sop_uid: String::new(),
+                        failure: Some((0xA700, e.to_string())),
+                    });
                     break;
                 }
             };
             if let Some(ct) = field.content_type()
                 && ct.essence_str() != "application/dicom"
             {
-                outcomes.push(Outcome { sop_class: String::new(), sop_uid: String::new(), failure: Some((0xC000, format!("part of type {ct} is not application/dicom"))) });
+                outcomes.push(Outcome {
+                    sop_class: String::new(),
+                    sop_uid: String::new(),
+                    failure: Some((
+                        0xC000,
+                        format!("part of type {ct} is not application/dicom"),
+                    )),
+                });
                 continue;
             }
             match field.bytes().await {
                 Ok(bytes) => outcomes.push(store_one(&st, bytes, study.clone()).await),
+                Err(e) if too_large(&e) => {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "Payload Too Large",
+                        format!(
+                            "{e} (limits: {} bytes per instance, {} per request)",
+                            max_part, st.cfg.max_request
+                        ),
+                    ));
+                }
                 Err(e) => {
-                    outcomes.push(Outcome { sop_class: String::new(), sop_uid: String::new(), failure: Some((0xA700, e.to_string())) });
+                    outcomes.push(Outcome {
+                        sop_class: String::new(),
+                        sop_uid: String::new(),
+                        failure: Some((0xA700, e.to_string())),
+                    });
                     break;
                 }
             }
         }
     } else {
-        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type", format!("STOW-RS takes multipart/related; type=\"application/dicom\", not {media:?}")));
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported Media Type",
+            format!("STOW-RS takes multipart/related; type=\"application/dicom\", not {media:?}"),
+        ));
     }
     if outcomes.is_empty() {
         return Err(ApiError::bad_request("no instances in the request"));
     }
-    let base = base_url(&h);
+    let base = base_url(&h, st.cfg.http_port);
     let mut referenced = Vec::new();
     let mut failed = Vec::new();
     let mut study_of_first: Option<String> = study.clone();
@@ -102,13 +217,19 @@ async fn run(st: AppState, h: HeaderMap, study: Option<String>, body: Body) -> R
                 tracing::info!(sop = %o.sop_uid, reason = %why, "STOW-RS instance refused");
                 let mut item = serde_json::Map::new();
                 if !o.sop_class.is_empty() {
-                    item.insert("00081150".into(), json!({"vr": "UI", "Value": [o.sop_class]}));
+                    item.insert(
+                        "00081150".into(),
+                        json!({"vr": "UI", "Value": [o.sop_class]}),
+                    );
                 }
                 if !o.sop_uid.is_empty() {
                     item.insert("00081155".into(), json!({"vr": "UI", "Value": [o.sop_uid]}));
                 }
                 item.insert("00081197".into(), json!({"vr": "US", "Value": [code]}));
-                item.insert("00000902".into(), json!({"vr": "LO", "Value": [why.chars().take(64).collect::<String>()]}));
+                item.insert(
+                    "00000902".into(),
+                    json!({"vr": "LO", "Value": [why.chars().take(64).collect::<String>()]}),
+                );
                 failed.push(J::Object(item));
             }
         }
@@ -125,7 +246,10 @@ async fn run(st: AppState, h: HeaderMap, study: Option<String>, body: Body) -> R
     }
     let mut resp = serde_json::Map::new();
     if let Some(s) = &study_of_first {
-        resp.insert("00081190".into(), json!({"vr": "UR", "Value": [format!("{base}/studies/{s}")]}));
+        resp.insert(
+            "00081190".into(),
+            json!({"vr": "UR", "Value": [format!("{base}/studies/{s}")]}),
+        );
     }
     if !referenced.is_empty() {
         resp.insert("00081199".into(), json!({"vr": "SQ", "Value": referenced}));
@@ -140,15 +264,38 @@ async fn run(st: AppState, h: HeaderMap, study: Option<String>, body: Body) -> R
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((status, [(header::CONTENT_TYPE, "application/dicom+json")], J::Object(resp).to_string()).into_response())
+    Ok((
+        status,
+        [(header::CONTENT_TYPE, "application/dicom+json")],
+        J::Object(resp).to_string(),
+    )
+        .into_response())
 }
 
 async fn store_one(st: &AppState, bytes: Bytes, study: Option<String>) -> Outcome {
     // Identify the instance from the meta group for the failure report, if we can.
     let meta = meridian_dicom::parse::split_part10(&bytes).ok();
-    let (mc, mi) = meta.map(|m| (m.sop_class_uid.unwrap_or_default(), m.sop_instance_uid.unwrap_or_default())).unwrap_or_default();
-    match st.ingest.ingest(Input::Part10 { bytes, expect_study: study }).await {
-        Ok((info, _)) => Outcome { sop_class: info.sop_class_uid, sop_uid: info.sop_instance_uid, failure: None },
+    let (mc, mi) = meta
+        .map(|m| {
+            (
+                m.sop_class_uid.unwrap_or_default(),
+                m.sop_instance_uid.unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default();
+    match st
+        .ingest
+        .ingest(Input::Part10 {
+            bytes,
+            expect_study: study,
+        })
+        .await
+    {
+        Ok((info, _)) => Outcome {
+            sop_class: info.sop_class_uid,
+            sop_uid: info.sop_instance_uid,
+            failure: None,
+        },
         Err(e) => {
             let code = match &e {
                 IngestError::Parse(p) => p.dimse_status(),

@@ -3,12 +3,41 @@
 use std::path::Path;
 
 use axum::http::header;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use tower_http::services::{ServeDir, ServeFile};
+use axum::routing::get;
+use tower_http::services::ServeDir;
 
-/// Static files of the viewer with single-page-app fallback to index.html.
-pub fn service(dir: &Path) -> ServeDir<tower_http::set_status::SetStatus<ServeFile>> {
-    ServeDir::new(dir).append_index_html_on_directories(true).not_found_service(ServeFile::new(dir.join("index.html")))
+/// Static files of the viewer. Unknown paths whose last segment has no
+/// extension are client-side routes (`/viewer`, `/segmentation`): they get
+/// index.html with 200; a missing asset (`/x.js`) gets a plain 404.
+pub fn service(dir: &Path) -> axum::routing::MethodRouter {
+    let index = dir.join("index.html");
+    let spa = get(move |uri: Uri| {
+        let index = index.clone();
+        async move {
+            let last = uri.path().rsplit('/').next().unwrap_or("");
+            if last.contains('.') {
+                return (StatusCode::NOT_FOUND, "not found").into_response();
+            }
+            match tokio::fs::read(&index).await {
+                Ok(html) => (
+                    [
+                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    html,
+                )
+                    .into_response(),
+                Err(_) => (StatusCode::NOT_FOUND, "viewer index.html missing").into_response(),
+            }
+        }
+    });
+    axum::routing::get_service(
+        ServeDir::new(dir)
+            .append_index_html_on_directories(true)
+            .fallback(spa),
+    )
 }
 
 /// OHIF's configuration, pointing at this server's own DICOMweb root.
@@ -51,5 +80,15 @@ window.config = {
 "#;
 
 pub async fn app_config() -> Response {
-    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], APP_CONFIG).into_response()
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        APP_CONFIG,
+    )
+        .into_response()
 }

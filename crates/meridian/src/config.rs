@@ -101,31 +101,63 @@ impl Settings {
     pub fn resolve(a: ServeArgs, demo: bool) -> Result<Settings> {
         let f: FileConfig = match &a.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
                 toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
             }
             None => FileConfig::default(),
         };
         let peers_raw = if a.peers.is_empty() { f.peers } else { a.peers };
-        let peers = peers_raw.iter().map(|p| p.parse::<Peer>().map_err(anyhow::Error::msg)).collect::<Result<Vec<_>>>()?;
-        let policy = a.duplicate_policy.or(f.duplicate_policy).unwrap_or_else(|| "keep-first".into());
-        let ae_title = a.ae_title.or(f.ae_title).unwrap_or_else(|| "MERIDIAN".into());
-        if ae_title.is_empty() || ae_title.len() > 16 || !ae_title.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
+        let peers = peers_raw
+            .iter()
+            .map(|p| p.parse::<Peer>().map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?;
+        let policy = a
+            .duplicate_policy
+            .or(f.duplicate_policy)
+            .unwrap_or_else(|| "keep-first".into());
+        let ae_title = a
+            .ae_title
+            .or(f.ae_title)
+            .unwrap_or_else(|| "MERIDIAN".into());
+        if ae_title.is_empty()
+            || ae_title.len() > 16
+            || !ae_title.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+        {
             bail!("AE title must be 1-16 printable characters without spaces or backslashes");
         }
-        let default_viewer = demo.then(|| PathBuf::from(".cache/ohif/dist")).filter(|p| p.join("index.html").exists());
+        let default_viewer = demo
+            .then(|| PathBuf::from(".cache/ohif/dist"))
+            .filter(|p| p.join("index.html").exists());
         let s = Settings {
-            data_dir: a.data_dir.or(f.data_dir).unwrap_or_else(|| PathBuf::from(if demo { "./meridian-demo-data" } else { "./meridian-data" })),
+            data_dir: a.data_dir.or(f.data_dir).unwrap_or_else(|| {
+                PathBuf::from(if demo {
+                    "./meridian-demo-data"
+                } else {
+                    "./meridian-data"
+                })
+            }),
             http: a.http.or(f.http).unwrap_or_else(|| "127.0.0.1:8042".into()),
-            dicom: a.dicom.or(f.dicom).unwrap_or_else(|| "127.0.0.1:11112".into()),
+            dicom: a
+                .dicom
+                .or(f.dicom)
+                .unwrap_or_else(|| "127.0.0.1:11112".into()),
             ae_title,
             database_url: a.database_url.or(f.database_url),
             peers,
             stable_after_secs: a.stable_after.or(f.stable_after).unwrap_or(60),
             duplicate_policy: policy.parse().map_err(anyhow::Error::msg)?,
-            max_pdu: a.max_pdu.or(f.max_pdu).unwrap_or(65536).clamp(4096, 16 << 20),
+            max_pdu: a
+                .max_pdu
+                .or(f.max_pdu)
+                .unwrap_or(65536)
+                .clamp(4096, 16 << 20),
             idle_timeout_secs: a.idle_timeout.or(f.idle_timeout).unwrap_or(60).max(1),
-            max_associations: a.max_associations.or(f.max_associations).unwrap_or(64).max(1),
+            max_associations: a
+                .max_associations
+                .or(f.max_associations)
+                .unwrap_or(64)
+                .max(1),
             max_object: a.max_object.or(f.max_object).unwrap_or(1 << 30),
             max_request: a.max_request.or(f.max_request).unwrap_or(4 << 30),
             viewer_dir: a.viewer_dir.or(f.viewer_dir).or(default_viewer),
@@ -133,12 +165,18 @@ impl Settings {
         if let Some(v) = &s.viewer_dir
             && !v.join("index.html").exists()
         {
-            bail!("--viewer-dir {} has no index.html (see docs/viewer.md)", v.display());
+            bail!(
+                "--viewer-dir {} has no index.html (see docs/viewer.md)",
+                v.display()
+            );
         }
         Ok(s)
     }
 
     pub fn limits(&self) -> Limits {
-        Limits { max_object: self.max_object, max_element: self.max_object as u64 }
+        Limits {
+            max_object: self.max_object,
+            max_element: self.max_object as u64,
+        }
     }
 }

@@ -17,7 +17,11 @@ use meridian_web::{AppState, WebConfig};
 use crate::config::{ServeArgs, Settings};
 
 #[derive(Parser)]
-#[command(name = "meridian", version, about = "Meridian: open teleradiology platform (archive, DICOMweb, DIMSE)")]
+#[command(
+    name = "meridian",
+    version,
+    about = "Meridian: open teleradiology platform (archive, DICOMweb, DIMSE)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -40,11 +44,17 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve(a) => serve(Settings::resolve(a, false)?, false).await,
@@ -63,12 +73,17 @@ pub(crate) async fn open_store(s: &Settings) -> Result<Store> {
         duplicate_policy: s.duplicate_policy,
         fsync: true,
     };
-    Store::open(&cfg).await.with_context(|| format!("opening the archive in {}", s.data_dir.display()))
+    Store::open(&cfg)
+        .await
+        .with_context(|| format!("opening the archive in {}", s.data_dir.display()))
 }
 
 async fn serve(s: Settings, demo: bool) -> Result<()> {
     let store = open_store(&s).await?;
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        * 2;
     let ingest = Ingest::new(store.clone(), s.limits(), workers);
 
     let scp = Scp::new(
@@ -81,15 +96,23 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
         },
         ingest.clone(),
     );
-    let dicom = tokio::net::TcpListener::bind(&s.dicom).await.with_context(|| format!("binding DICOM port {}", s.dicom))?;
-    let http = tokio::net::TcpListener::bind(&s.http).await.with_context(|| format!("binding HTTP port {}", s.http))?;
+    let dicom = tokio::net::TcpListener::bind(&s.dicom)
+        .await
+        .with_context(|| format!("binding DICOM port {}", s.dicom))?;
+    let http = tokio::net::TcpListener::bind(&s.http)
+        .await
+        .with_context(|| format!("binding HTTP port {}", s.http))?;
     let dicom_addr = dicom.local_addr()?;
     let http_addr = http.local_addr()?;
 
     let state = AppState {
         store: store.clone(),
         ingest: ingest.clone(),
-        cfg: Arc::new(WebConfig { max_request: s.max_request, viewer_dir: s.viewer_dir.clone() }),
+        cfg: Arc::new(WebConfig {
+            max_request: s.max_request,
+            viewer_dir: s.viewer_dir.clone(),
+            http_port: http_addr.port(),
+        }),
     };
     let app = meridian_web::router(state);
 
@@ -112,7 +135,10 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
             }
         });
     } else {
-        println!("Meridian is running: DICOMweb http://{http_addr}/dicom-web  DICOM {}@{dicom_addr}", s.ae_title);
+        println!(
+            "Meridian is running: DICOMweb http://{http_addr}/dicom-web  DICOM {}@{dicom_addr}",
+            s.ae_title
+        );
     }
 
     let server = axum::serve(http, app).with_graceful_shutdown(shutdown_signal());
@@ -146,7 +172,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

@@ -64,7 +64,10 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 fn bar(n: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(n as u64);
     pb.set_style(
-        ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}} {{per_sec}} eta {{eta}}")).unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:40}} {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb
 }
@@ -82,12 +85,22 @@ pub async fn import(a: ImportArgs) -> Result<()> {
             let pb = pb.clone();
             async move {
                 let r = async {
-                    let len = tokio::fs::metadata(&f).await.map_err(|e| e.to_string())?.len();
+                    let len = tokio::fs::metadata(&f)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .len();
                     if len > max {
                         return Err(format!("{len} bytes exceeds the object limit"));
                     }
                     let bytes = tokio::fs::read(&f).await.map_err(|e| e.to_string())?;
-                    ingest.ingest(Input::Part10 { bytes: Bytes::from(bytes), expect_study: None }).await.map(|(_, o)| o).map_err(|e| e.to_string())
+                    ingest
+                        .ingest(Input::Part10 {
+                            bytes: Bytes::from(bytes),
+                            expect_study: None,
+                        })
+                        .await
+                        .map(|(_, o)| o)
+                        .map_err(|e| e.to_string())
                 }
                 .await;
                 pb.inc(1);
@@ -109,7 +122,11 @@ pub async fn import(a: ImportArgs) -> Result<()> {
             }
         }
     }
-    println!("imported {stored}, already present {dup}, refused {failed} (of {} files) into {}", results.len(), s.data_dir.display());
+    println!(
+        "imported {stored}, already present {dup}, refused {failed} (of {} files) into {}",
+        results.len(),
+        s.data_dir.display()
+    );
     store.close().await;
     if failed > 0 && stored + dup == 0 {
         bail!("nothing imported");
@@ -133,10 +150,18 @@ pub async fn send(a: SendArgs) -> Result<()> {
         let head = read_head(&f).with_context(|| format!("reading {}", f.display()))?;
         match parse::split_part10(&head) {
             Ok(p) => match (p.sop_class_uid, p.sop_instance_uid) {
-                (Some(c), Some(i)) if !c.is_empty() && !i.is_empty() => items.push(SendFile { path: f, sop_class: c, sop_uid: i, ts: p.transfer_syntax }),
+                (Some(c), Some(i)) if !c.is_empty() && !i.is_empty() => items.push(SendFile {
+                    path: f,
+                    sop_class: c,
+                    sop_uid: i,
+                    ts: p.transfer_syntax,
+                }),
                 _ => {
                     skipped += 1;
-                    eprintln!("skipped {}: no SOP class/instance in the meta group", f.display());
+                    eprintln!(
+                        "skipped {}: no SOP class/instance in the meta group",
+                        f.display()
+                    );
                 }
             },
             Err(e) => {
@@ -153,29 +178,52 @@ pub async fn send(a: SendArgs) -> Result<()> {
     for i in &items {
         contexts.insert((i.sop_class.clone(), i.ts.clone()), ());
     }
-    let ctx_list: Vec<(String, Vec<String>)> = contexts.keys().map(|(c, t)| (c.clone(), vec![t.clone()])).collect();
+    let ctx_list: Vec<(String, Vec<String>)> = contexts
+        .keys()
+        .map(|(c, t)| (c.clone(), vec![t.clone()]))
+        .collect();
     if ctx_list.len() > 128 {
         bail!("more than 128 distinct SOP class / transfer syntax pairs; send in smaller batches");
     }
     let addr = format!("{}:{}", peer.host, peer.port);
-    let mut scu = StoreScu::connect(&addr, &peer.ae_title, &a.aet, &ctx_list, 65536).await.with_context(|| format!("associating with {}", a.to))?;
+    let mut scu = StoreScu::connect(&addr, &peer.ae_title, &a.aet, &ctx_list, 65536)
+        .await
+        .with_context(|| format!("associating with {}", a.to))?;
     let pb = bar(items.len(), "send");
     let (mut ok, mut failed) = (0usize, 0usize);
     for it in &items {
         let Some(pc) = scu.context_for(&it.sop_class, &it.ts) else {
             failed += 1;
-            pb.println(format!("not sent {}: the peer refused {} in {}", it.path.display(), it.sop_class, it.ts));
+            pb.println(format!(
+                "not sent {}: the peer refused {} in {}",
+                it.path.display(),
+                it.sop_class,
+                it.ts
+            ));
             pb.inc(1);
             continue;
         };
         let bytes = tokio::fs::read(&it.path).await?;
         let p = parse::split_part10(&bytes)?;
-        let st = scu.store(pc, &it.sop_class, &it.sop_uid, &bytes[p.dataset_offset..], None).await?;
+        let st = scu
+            .store(
+                pc,
+                &it.sop_class,
+                &it.sop_uid,
+                &bytes[p.dataset_offset..],
+                None,
+            )
+            .await?;
         if st.is_success() || st.is_warning() {
             ok += 1;
         } else {
             failed += 1;
-            pb.println(format!("failed {}: status 0x{:04X} {}", it.path.display(), st.status, st.comment));
+            pb.println(format!(
+                "failed {}: status 0x{:04X} {}",
+                it.path.display(),
+                st.status,
+                st.comment
+            ));
         }
         pb.inc(1);
     }
@@ -212,7 +260,11 @@ pub async fn fsck(a: FsckArgs) -> Result<()> {
     let s = Settings::resolve(a.serve, false)?;
     let store = crate::open_store(&s).await?;
     let r = store.fsck().await?;
-    println!("checked {} indexed instances in {}", r.checked, s.data_dir.display());
+    println!(
+        "checked {} indexed instances in {}",
+        r.checked,
+        s.data_dir.display()
+    );
     for (sop, key) in &r.missing {
         println!("MISSING file for instance {sop} ({key})");
     }
@@ -227,6 +279,10 @@ pub async fn fsck(a: FsckArgs) -> Result<()> {
         println!("consistent: every indexed instance has its file");
         Ok(())
     } else {
-        bail!("{} missing and {} wrong-size files", r.missing.len(), r.wrong_size.len())
+        bail!(
+            "{} missing and {} wrong-size files",
+            r.missing.len(),
+            r.wrong_size.len()
+        )
     }
 }

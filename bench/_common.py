@@ -1,0 +1,288 @@
+"""Shared helpers for Meridian's benchmarks (bench/ingest, bench/qido).
+
+Everything here runs on 127.0.0.1 only. Servers are started as child processes in
+their own session and stopped (SIGTERM, then SIGKILL) when the bench is done with
+them, including on Ctrl-C.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MERIDIAN_BIN = Path(os.environ.get("MERIDIAN_BIN", REPO / "target" / "release" / "meridian"))
+WORK = Path(os.environ.get("BENCH_WORKDIR", "/tmp/meridian-bench"))
+
+# Always DCMTK's tools, never pynetdicom's same-named console scripts that pip puts
+# earlier on PATH (pyenv shims, /usr/local/bin).
+DCMSEND = "/usr/bin/dcmsend"
+STORESCP = "/usr/bin/storescp"
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+
+# DCMTK (and Orthanc, built on it) leave Nagle on without this: ~45 ms per C-STORE on loopback.
+os.environ["TCP_NODELAY"] = "1"
+
+# Largest PDU every receiver accepts: Meridian's default; Orthanc and storescp are set to match.
+MAX_PDU = 65536
+
+_children: list[subprocess.Popen] = []
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(args, log_path: Path, env=None, cwd=None) -> subprocess.Popen:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(log_path, "ab")
+    p = subprocess.Popen([str(a) for a in args], stdout=fh, stderr=subprocess.STDOUT,
+                         env=full_env, cwd=cwd, start_new_session=True)
+    fh.close()
+    _children.append(p)
+    return p
+
+
+def stop(p: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    """Stop one process we started (and its process group: storescp --fork children)."""
+    if p is None:
+        return
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+    else:
+        # the leader exited; forked children may still be in its group
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if p in _children:
+        _children.remove(p)
+
+
+def _stop_all() -> None:
+    for p in list(_children):
+        stop(p, timeout=5)
+
+
+atexit.register(_stop_all)
+
+
+def _sigterm(signum, frame):  # turn SIGTERM into a clean exit so atexit runs
+    sys.exit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _sigterm)
+
+
+def http_get(url: str, timeout: float = 2.0, headers=None):
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before answering {url}:\n"
+                               + tail(log_path))
+        try:
+            status, _ = http_get(url, timeout=1.0)
+            if status == 200:
+                return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s:\n" + tail(log_path))
+
+
+def wait_tcp(port: int, proc: subprocess.Popen, log_path: Path, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n" + tail(log_path))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} not listening after {timeout}s:\n" + tail(log_path))
+
+
+def tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    except OSError:
+        pass
+    return out
+
+
+def kib(v: str | None) -> int:
+    return int(v.split()[0]) if v else 0
+
+
+def machine_note() -> str:
+    """Cores and load average: on a shared 2-core machine, concurrent work skews every figure."""
+    l1, l5, _ = os.getloadavg()
+    return f"{os.cpu_count()} cores, load average {l1:.2f} (1 min) {l5:.2f} (5 min)"
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def percentile(xs, p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+# ------------------------------------------------------------------ servers
+
+class Meridian:
+    name = "meridian"
+
+    def __init__(self, data_dir: Path, log_dir: Path, extra_args=(), rust_log=None):
+        if not MERIDIAN_BIN.exists():
+            raise RuntimeError(f"{MERIDIAN_BIN} not found: run `cargo build --release` "
+                               "(or set MERIDIAN_BIN, or leave meridian out of BENCH_TARGETS)")
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.aet = "MERIDIAN"
+        self.data_dir = data_dir
+        self.log_path = log_dir / "meridian.log"
+        self.base = f"http://127.0.0.1:{self.http_port}"
+        self.dicomweb = f"{self.base}/dicom-web"
+        env = {"RUST_LOG": rust_log or os.environ.get("BENCH_RUST_LOG", "warn")}
+        self.proc = spawn([MERIDIAN_BIN, "serve", "--data-dir", data_dir,
+                           "--http", f"127.0.0.1:{self.http_port}",
+                           "--dicom", f"127.0.0.1:{self.dicom_port}",
+                           "--ae-title", self.aet, *extra_args], self.log_path, env=env)
+        try:
+            wait_http(f"{self.base}/healthz", self.proc, self.log_path, timeout=120)
+            wait_tcp(self.dicom_port, self.proc, self.log_path)
+        except Exception:
+            self.stop()
+            raise
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        stop(self.proc)
+
+
+class Orthanc:
+    name = "orthanc"
+
+    def __init__(self, root: Path, dicom_threads: int = 8, plugins: bool = True):
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.aet = "ORTHANC"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "logs").mkdir(exist_ok=True)
+        self.log_path = root / "orthanc.stdout.log"
+        self.base = f"http://127.0.0.1:{self.http_port}"
+        self.dicomweb = f"{self.base}/dicom-web"
+        cfg = {
+            "Name": "bench",
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "StorageDirectory": str(root / "storage"),
+            "IndexDirectory": str(root / "index"),   # default SQLite index, same disk
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            # Orthanc's default is 4 DICOM server threads; give it one per bench association.
+            "DicomThreadsCount": dicom_threads,
+            # Same largest PDU as Meridian's default (Orthanc's own default is 16384).
+            "MaximumPduLength": MAX_PDU,
+            "Plugins": ["/usr/share/orthanc/plugins"] if plugins else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+        self.config = cfg
+        cfg_path = root / "orthanc.json"
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+        self.proc = spawn([ORTHANC, f"--logdir={root / 'logs'}", cfg_path], self.log_path)
+        try:
+            wait_http(f"{self.base}/system", self.proc, self.log_path, timeout=60)
+            wait_tcp(self.dicom_port, self.proc, self.log_path)
+        except Exception:
+            self.stop()
+            raise
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def count_instances(self) -> int:
+        _, body = http_get(f"{self.base}/statistics", timeout=30)
+        return int(json.loads(body)["CountInstances"])
+
+    def stop(self):
+        stop(self.proc, timeout=60)
+
+
+class StoreSCP:
+    name = "storescp"
+
+    def __init__(self, out_dir: Path, log_dir: Path):
+        self.dicom_port = free_port()
+        self.aet = "STORESCP"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = out_dir
+        self.log_path = log_dir / "storescp.log"
+        # --fork: one child per association, so 8 concurrent associations are served at once.
+        self.proc = spawn([STORESCP, "--fork", "-dhl", "-pdu", str(MAX_PDU), "-aet", self.aet, "-od", out_dir,
+                           str(self.dicom_port)], self.log_path)
+        wait_tcp(self.dicom_port, self.proc, self.log_path)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        stop(self.proc)
