@@ -227,6 +227,26 @@ pub fn parse_dataset(
     ts_uid: &str,
     limits: &Limits,
 ) -> Result<InMemDicomObject, ParseError> {
+    parse_dataset_with(data, ts_uid, limits, true)
+}
+
+/// Like [`parse_dataset`], but decodes only the elements before the
+/// top-level Pixel Data (the whole data set is still scanned): what indexing
+/// needs, without copying the pixels.
+pub fn parse_header(
+    data: &[u8],
+    ts_uid: &str,
+    limits: &Limits,
+) -> Result<InMemDicomObject, ParseError> {
+    parse_dataset_with(data, ts_uid, limits, false)
+}
+
+fn parse_dataset_with(
+    data: &[u8],
+    ts_uid: &str,
+    limits: &Limits,
+    pixels: bool,
+) -> Result<InMemDicomObject, ParseError> {
     if data.len() > limits.max_object {
         return Err(ParseError::TooLarge(data.len(), limits.max_object));
     }
@@ -246,7 +266,11 @@ pub fn parse_dataset(
         explicit_vr: ts_uid != "1.2.840.10008.1.2",
         big_endian: ts.endianness() == dicom_encoding::transfer_syntax::Endianness::Big,
     };
-    scan::scan_dataset(body, enc, limits.max_element)?;
+    let info = scan::scan_dataset(body, enc, limits.max_element)?;
+    let body = match info.pixel_data_offset {
+        Some(off) if !pixels => &body[..off],
+        _ => body,
+    };
     let obj = if deflated {
         // Already inflated and scanned: decode as explicit VR little endian.
         let ele = TransferSyntaxRegistry
@@ -353,7 +377,7 @@ pub fn parse_part10(
         return Err(ParseError::TooLarge(bytes.len(), limits.max_object));
     }
     let p10 = split_part10(bytes)?;
-    let obj = parse_dataset(&bytes[p10.dataset_offset..], &p10.transfer_syntax, limits)?;
+    let obj = parse_header(&bytes[p10.dataset_offset..], &p10.transfer_syntax, limits)?;
     let info = extract(&obj, &p10.transfer_syntax)?;
     if p10
         .sop_instance_uid

@@ -46,6 +46,7 @@ const MAX_DEPTH: usize = 24;
 
 struct Scanner {
     max_element: u64,
+    pixel_data: std::cell::Cell<Option<usize>>,
 }
 
 fn u16_at(b: &[u8], i: usize, be: bool) -> u16 {
@@ -88,11 +89,23 @@ fn long_vr(vr: [u8; 2]) -> bool {
 
 /// Scans a data set (no preamble, no file meta group). `max_element` bounds
 /// any single element's value length.
-pub fn scan_dataset(data: &[u8], enc: Encoding, max_element: u64) -> Result<(), ScanError> {
-    let s = Scanner { max_element };
+pub fn scan_dataset(data: &[u8], enc: Encoding, max_element: u64) -> Result<ScanInfo, ScanError> {
+    let s = Scanner {
+        max_element,
+        pixel_data: std::cell::Cell::new(None),
+    };
     let end = s.elements(data, 0, data.len(), enc, 0, false)?;
     debug_assert!(end <= data.len());
-    Ok(())
+    Ok(ScanInfo {
+        pixel_data_offset: s.pixel_data.get(),
+    })
+}
+
+/// What the scan learned about the data set's layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanInfo {
+    /// Offset of the top-level Pixel Data element header, if present.
+    pub pixel_data_offset: Option<usize>,
 }
 
 impl Scanner {
@@ -125,6 +138,9 @@ impl Scanner {
             }
             let group = u16_at(data, pos, enc.big_endian);
             let elem = u16_at(data, pos + 2, enc.big_endian);
+            if depth == 0 && group == 0x7FE0 && elem == 0x0010 && self.pixel_data.get().is_none() {
+                self.pixel_data.set(Some(pos));
+            }
             if group == 0xFFFE {
                 if elem == 0xE00D && in_undefined_item {
                     return Ok(pos + 8);
@@ -339,7 +355,7 @@ mod tests {
         item.extend((inner.len() as u32).to_le_bytes());
         item.extend(&inner);
         d.extend(el_explicit(0x0008, 0x1115, b"SQ", &item));
-        assert_eq!(scan_dataset(&d, EXPLICIT, 1 << 30), Ok(()));
+        assert!(scan_dataset(&d, EXPLICIT, 1 << 30).is_ok());
     }
 
     #[test]
@@ -387,6 +403,11 @@ mod tests {
             scan_dataset(&d, EXPLICIT, 32),
             Err(ScanError::ElementTooLarge(..))
         ));
-        assert_eq!(scan_dataset(&d, EXPLICIT, 64), Ok(()));
+        assert_eq!(
+            scan_dataset(&d, EXPLICIT, 64),
+            Ok(ScanInfo {
+                pixel_data_offset: Some(0)
+            })
+        );
     }
 }

@@ -1,13 +1,14 @@
 //! Instance files through `object_store`, durable before acknowledgement.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::StoreError;
 
@@ -17,6 +18,8 @@ pub struct Blobs {
     store: Arc<LocalFileSystem>,
     root: PathBuf,
     fsync: bool,
+    /// Directories whose entry in their parent is known to be durable.
+    synced: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl Blobs {
@@ -29,6 +32,7 @@ impl Blobs {
             store: Arc::new(store),
             root,
             fsync,
+            synced: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -36,18 +40,37 @@ impl Blobs {
         ObjPath::from(key)
     }
 
-    /// Writes a file and makes it durable: the object store writes a temporary
-    /// file and renames it; we then fsync the file and every directory up to the
-    /// root so the name survives a crash.
-    pub async fn put_durable(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        let loc = Self::loc(key);
-        self.store.put(&loc, PutPayload::from_bytes(data)).await?;
+    /// Writes a new object and makes it durable before returning: the file
+    /// is created under its final (unique) key, written, fsynced, and its
+    /// directory fsynced (and each newly created ancestor's parent, once).
+    /// Blocking: call from a blocking thread.
+    ///
+    /// object_store's local put renames a temporary file and never fsyncs,
+    /// so the local write is done here, at the same path object_store reads
+    /// from; reads, listing and deletes go through object_store.
+    pub fn put_durable_blocking(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
+        use std::io::Write;
+        let path = self.store.path_to_filesystem(&Self::loc(key))?;
+        let parent = path
+            .parent()
+            .ok_or_else(|| StoreError::BadKey(key.to_owned()))?;
+        if !parent.exists() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let written = f
+            .write_all(data)
+            .and_then(|_| if self.fsync { f.sync_all() } else { Ok(()) });
+        if let Err(e) = written {
+            drop(f);
+            std::fs::remove_file(&path).ok();
+            return Err(e.into());
+        }
         if self.fsync {
-            let path = self.store.path_to_filesystem(&loc)?;
-            let root = self.root.clone();
-            tokio::task::spawn_blocking(move || sync_path_and_parents(&path, &root))
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            sync_parents(&path, &self.root, &self.synced)?;
         }
         Ok(())
     }
@@ -81,16 +104,35 @@ impl Blobs {
     }
 }
 
-fn sync_path_and_parents(path: &Path, root: &Path) -> Result<(), StoreError> {
-    std::fs::File::open(path)?.sync_all()?;
-    // Directories created for this key (study/series) need their entries durable too.
-    let mut dir = path.parent();
+fn sync_parents(
+    path: &Path,
+    root: &Path,
+    synced: &Mutex<HashSet<PathBuf>>,
+) -> Result<(), StoreError> {
+    // The file's own directory gained an entry: sync it every time. Its
+    // ancestors (study, series) gain entries only when first created: sync
+    // each of them once per process, marking only after the sync so a
+    // concurrent store never skips a sync still under way.
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    std::fs::File::open(parent)?.sync_all()?;
+    let mut dir = Some(parent);
     while let Some(d) = dir {
-        std::fs::File::open(d)?.sync_all()?;
         if d == root {
             break;
         }
-        dir = d.parent();
+        let up = d.parent();
+        if let Some(u) = up {
+            let known = synced.lock().map(|s| s.contains(d)).unwrap_or(false);
+            if !known {
+                std::fs::File::open(u)?.sync_all()?;
+                if let Ok(mut s) = synced.lock() {
+                    s.insert(d.to_path_buf());
+                }
+            }
+        }
+        dir = up;
     }
     Ok(())
 }

@@ -162,10 +162,12 @@ impl Ingest {
             .await
             .map_err(|_| IngestError::Busy)?;
         let limits = self.limits;
-        let parsed =
-            tokio::task::spawn_blocking(move || -> Result<(InstanceInfo, Bytes), IngestError> {
+        let blobs = self.store.blobs().clone();
+        // One blocking hop: bounded parse, then the durable file write.
+        let (info, key, len) = tokio::task::spawn_blocking(
+            move || -> Result<(InstanceInfo, String, usize), IngestError> {
                 let _permit = permit;
-                match input {
+                let (info, file): (InstanceInfo, Bytes) = match input {
                     Input::Part10 {
                         bytes,
                         expect_study,
@@ -178,7 +180,7 @@ impl Ingest {
                             )
                             .into());
                         }
-                        Ok((info, bytes))
+                        (info, bytes)
                     }
                     Input::Dataset {
                         data,
@@ -187,7 +189,7 @@ impl Ingest {
                         sop_instance,
                         source_ae,
                     } => {
-                        let obj = parse::parse_dataset(&data, &transfer_syntax, &limits)?;
+                        let obj = parse::parse_header(&data, &transfer_syntax, &limits)?;
                         let info = parse::extract(&obj, &transfer_syntax)?;
                         if info.sop_instance_uid != sop_instance.trim_end_matches(['\0', ' ']) {
                             return Err(ParseError::Mismatch(
@@ -202,19 +204,21 @@ impl Ingest {
                             );
                         }
                         let file = parse::build_part10(&data, &info, &source_ae)?;
-                        Ok((info, Bytes::from(file)))
+                        (info, Bytes::from(file))
                     }
+                };
+                if !sop::is_storage_sop_class(&info.sop_class_uid) {
+                    return Err(IngestError::NotStorage(info.sop_class_uid));
                 }
-            })
-            .await
-            .map_err(|_| IngestError::Busy)??;
-        let (info, file) = parsed;
-        if !sop::is_storage_sop_class(&info.sop_class_uid) {
-            return Err(IngestError::NotStorage(info.sop_class_uid));
-        }
-        let len = file.len() as u64;
-        let outcome = self.store.store(info.clone(), file).await?;
-        BYTES.inc_by(len);
+                let key = Store::new_key(&info)?;
+                blobs.put_durable_blocking(&key, &file)?;
+                Ok((info, key, file.len()))
+            },
+        )
+        .await
+        .map_err(|_| IngestError::Busy)??;
+        let outcome = self.store.index(info.clone(), key, len as i64).await?;
+        BYTES.inc_by(len as u64);
         Ok((info, outcome))
     }
 }

@@ -111,7 +111,6 @@ struct Inner {
     db: db::Db,
     blobs: Blobs,
     writer: mpsc::Sender<writer::Job>,
-    policy: DuplicatePolicy,
     events: broadcast::Sender<StudyEvent>,
 }
 
@@ -156,7 +155,6 @@ impl Store {
                 db,
                 blobs,
                 writer: tx,
-                policy: cfg.duplicate_policy,
                 events,
             }),
         })
@@ -182,14 +180,31 @@ impl Store {
         info: InstanceInfo,
         file: bytes::Bytes,
     ) -> Result<StoreOutcome, StoreError> {
-        if self.inner.policy == DuplicatePolicy::KeepFirst
-            && self.contains(&info.sop_instance_uid).await?
-        {
-            return Ok(StoreOutcome::Duplicate);
-        }
+        let blobs = self.inner.blobs.clone();
         let key = object_key(&info, rand_u64())?;
+        let k2 = key.clone();
         let size = file.len() as i64;
-        self.inner.blobs.put_durable(&key, file).await?;
+        tokio::task::spawn_blocking(move || blobs.put_durable_blocking(&k2, &file))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        self.index(info, key, size).await
+    }
+
+    /// Makes a new object key for an instance (validated UIDs and a random suffix).
+    pub fn new_key(info: &InstanceInfo) -> Result<String, StoreError> {
+        object_key(info, rand_u64())
+    }
+
+    /// Second half of a store: commits the index row of an instance whose file
+    /// is already durable under `key` (see [`Blobs::put_durable_blocking`]).
+    /// Removes the new file when it loses to an existing copy, or the old one
+    /// when it replaces it.
+    pub async fn index(
+        &self,
+        info: InstanceInfo,
+        key: String,
+        size: i64,
+    ) -> Result<StoreOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         let job = writer::Job {
             info,
@@ -204,7 +219,7 @@ impl Store {
         match res {
             Ok(writer::Written::Inserted) => Ok(StoreOutcome::Stored),
             Ok(writer::Written::Duplicate) => {
-                // Lost a race with another copy: drop ours.
+                // Keep-first, or lost a race with another copy: drop ours.
                 self.inner.blobs.delete(&key).await.ok();
                 Ok(StoreOutcome::Duplicate)
             }

@@ -143,10 +143,11 @@ async fn insert_one(
             }
         };
     }
-    // Series row, then its counter.
-    let new_series = sqlx::query(
+    // Series row and counter in one statement; a count of 1 means a new series.
+    let (series_count,): (i64,) = sqlx::query_as(
         "INSERT INTO series (series_uid, study_uid, modality, series_number, series_description, body_part, series_date, pps_start_date, num_instances, received_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9) ON CONFLICT (series_uid) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9) \
+         ON CONFLICT (series_uid) DO UPDATE SET num_instances = series.num_instances + 1, updated_at = $9 RETURNING num_instances",
     )
     .bind(&i.series_uid)
     .bind(&i.study_uid)
@@ -157,19 +158,25 @@ async fn insert_one(
     .bind(s(i, 0x0008_0021))
     .bind(s(i, 0x0040_0244))
     .bind(now)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected() as i64;
-    sqlx::query("UPDATE series SET num_instances = num_instances + 1, updated_at = $1 WHERE series_uid = $2")
-        .bind(now)
-        .bind(&i.series_uid)
-        .execute(&mut **tx)
-        .await?;
-    // Study row, then its counters and modalities.
+    .fetch_one(&mut **tx)
+    .await?;
+    let new_series = i64::from(series_count == 1);
+    // Study row, counters and modalities in one statement.
     let name = s(i, 0x0010_0010);
+    let modality = i
+        .get(0x0008_0060)
+        .filter(|m| !m.is_empty() && !m.contains(['/', '%', '_', '!']))
+        .unwrap_or("");
+    let (mods, pattern) = if modality.is_empty() {
+        (String::new(), "%".to_owned())
+    } else {
+        (format!("{modality}/"), format!("%/{modality}/%"))
+    };
     sqlx::query(
         "INSERT INTO studies (study_uid, patient_name, patient_name_fuzzy, patient_id, issuer, birth_date, sex, study_date, study_time, accession, study_description, referring_physician, study_id, modalities, num_series, num_instances, received_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '/', 0, 0, $14, $14) ON CONFLICT (study_uid) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '/' || $15, $16, 1, $14, $14) \
+         ON CONFLICT (study_uid) DO UPDATE SET num_instances = studies.num_instances + 1, num_series = studies.num_series + $16, updated_at = $14, stable_at = NULL, \
+         modalities = CASE WHEN studies.modalities LIKE $17 THEN studies.modalities ELSE studies.modalities || $15 END",
     )
     .bind(&i.study_uid)
     .bind(name.clone())
@@ -185,26 +192,10 @@ async fn insert_one(
     .bind(s(i, 0x0008_0090))
     .bind(s(i, 0x0020_0010))
     .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $1, updated_at = $2, stable_at = NULL WHERE study_uid = $3",
-    )
+    .bind(mods)
     .bind(new_series)
-    .bind(now)
-    .bind(&i.study_uid)
+    .bind(pattern)
     .execute(&mut **tx)
     .await?;
-    if let Some(m) = i
-        .get(0x0008_0060)
-        .filter(|m| !m.is_empty() && !m.contains(['/', '%', '_', '!']))
-    {
-        sqlx::query("UPDATE studies SET modalities = modalities || $1 WHERE study_uid = $2 AND modalities NOT LIKE $3")
-            .bind(format!("{m}/"))
-            .bind(&i.study_uid)
-            .bind(format!("%/{m}/%"))
-            .execute(&mut **tx)
-            .await?;
-    }
     Ok(Written::Inserted)
 }
