@@ -23,10 +23,16 @@ async fn pg_url_for_test() -> Option<String> {
     // A fresh database per test, created through the base URL.
     use sqlx::Executor;
     sqlx::any::install_default_drivers();
+    // Unique across runs too (pids repeat): process, counter and clock.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let name = format!(
-        "meridian_t_{}_{}",
+        "meridian_t_{}_{}_{}",
         std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        nanos % 1_000_000_000_000
     );
     let pool = sqlx::AnyPool::connect(&base)
         .await
@@ -523,4 +529,201 @@ async fn many_concurrent_stores_group_commit() {
     let st = e.store.find(&q(Level::Study, &[])).await.unwrap();
     assert_eq!(st[0].get(0x0020_1208), Some("400"));
     assert_eq!(st[0].get(0x0020_1206), Some("4"));
+}
+
+/// Property: for random archives and random C-FIND/QIDO keys, the SQL
+/// translation returns exactly the studies the pure matching semantics
+/// (`meridian_core::Query::matches`) select, on SQLite and PostgreSQL alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_matching_agrees_with_pure_semantics() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let e = env().await;
+    let mut rng = StdRng::seed_from_u64(0x4d45_5249_4449_414e);
+    let names = [
+        "DOE^JOHN",
+        "DOE^JANE",
+        "doe^john",
+        "ROE^RICHARD",
+        "O'NEIL^SEAN",
+        "100%_SURE^X",
+        "MÜLLER^FRANÇOIS",
+        "DOE",
+        "D_E^J%HN",
+        "山田^太郎",
+    ];
+    let ids = ["P1", "P2", "p1", "P10", "X_1", "X%1"];
+    let mods = ["CT", "MR", "SR", "US"];
+    // 120 studies with one or two series each.
+    let mut truth: Vec<Vec<(u32, String)>> = Vec::new();
+    for n in 0..120 {
+        let study = format!("9.{n}");
+        let name = names[rng.random_range(0..names.len())];
+        let pid = ids[rng.random_range(0..ids.len())];
+        let date = format!(
+            "{}{:02}{:02}",
+            rng.random_range(2020..2025),
+            rng.random_range(1..13),
+            rng.random_range(1..29)
+        );
+        let acc = format!("A{}", rng.random_range(0..40));
+        let nseries = rng.random_range(1..3);
+        let mut ms: Vec<&str> = Vec::new();
+        for s in 0..nseries {
+            let m = mods[rng.random_range(0..mods.len())];
+            let extra = [
+                (0x0010_0010, name),
+                (0x0010_0020, pid),
+                (0x0008_0020, date.as_str()),
+                (0x0008_0050, acc.as_str()),
+                (0x0008_0060, m),
+            ];
+            e.store
+                .store(
+                    info(
+                        &study,
+                        &format!("{study}.{s}"),
+                        &format!("{study}.{s}.1"),
+                        &extra,
+                    ),
+                    Bytes::from_static(b"x"),
+                )
+                .await
+                .unwrap();
+            if !ms.contains(&m) {
+                ms.push(m);
+            }
+        }
+        truth.push(vec![
+            (0x0020_000D, study.clone()),
+            (0x0010_0010, name.to_owned()),
+            (0x0010_0020, pid.to_owned()),
+            (0x0008_0020, date),
+            (0x0008_0050, acc),
+            (0x0008_0061, ms.join("\\")),
+        ]);
+    }
+    let pattern = |rng: &mut StdRng, s: &str| -> String {
+        let mut out: String = s.chars().filter(|_| rng.random_range(0..4) != 0).collect();
+        for _ in 0..rng.random_range(0..3) {
+            let at = rng.random_range(0..=out.chars().count());
+            let pos = out
+                .char_indices()
+                .nth(at)
+                .map(|(i, _)| i)
+                .unwrap_or(out.len());
+            out.insert(pos, if rng.random_bool(0.5) { '*' } else { '?' });
+        }
+        out
+    };
+    let mut non_empty = 0;
+    for round in 0..300 {
+        let mut q = Query::new(Level::Study);
+        let mut keys: Vec<(&str, String, bool)> = Vec::new();
+        match round % 6 {
+            0 => keys.push((
+                "PatientName",
+                {
+                    let k = rng.random_range(0..names.len());
+                    pattern(&mut rng, names[k])
+                },
+                false,
+            )),
+            1 => keys.push((
+                "PatientID",
+                if rng.random_bool(0.5) {
+                    ids[rng.random_range(0..ids.len())].to_owned()
+                } else {
+                    {
+                        let k = rng.random_range(0..ids.len());
+                        pattern(&mut rng, ids[k])
+                    }
+                },
+                false,
+            )),
+            2 => {
+                let a = rng.random_range(2020..2025);
+                let b = rng.random_range(a..2026);
+                let r = match rng.random_range(0..3) {
+                    0 => format!("{a}0101-{b}1231"),
+                    1 => format!("-{b}0630"),
+                    _ => format!("{a}0701-"),
+                };
+                keys.push(("StudyDate", r, false));
+            }
+            3 => {
+                let m = if rng.random_bool(0.7) {
+                    mods[rng.random_range(0..4)].to_owned()
+                } else {
+                    format!(
+                        "{}\\{}",
+                        mods[rng.random_range(0..4)],
+                        mods[rng.random_range(0..4)]
+                    )
+                };
+                keys.push(("ModalitiesInStudy", m, false));
+            }
+            4 => {
+                keys.push((
+                    "PatientName",
+                    names[rng.random_range(0..names.len())]
+                        .split('^')
+                        .next()
+                        .unwrap_or("")
+                        .to_lowercase(),
+                    true,
+                ));
+                keys.push((
+                    "AccessionNumber",
+                    format!("A{}*", rng.random_range(0..5)),
+                    false,
+                ));
+            }
+            _ => {
+                keys.push((
+                    "PatientName",
+                    {
+                        let k = rng.random_range(0..names.len());
+                        pattern(&mut rng, names[k])
+                    },
+                    false,
+                ));
+                keys.push((
+                    "PatientID",
+                    {
+                        let k = rng.random_range(0..ids.len());
+                        pattern(&mut rng, ids[k])
+                    },
+                    false,
+                ));
+            }
+        }
+        for (k, v, fuzzy) in &keys {
+            q.add_key(by_keyword(k).unwrap(), v, *fuzzy).unwrap();
+        }
+        let mut got: Vec<String> = e
+            .store
+            .find(&q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0x0020_000D).unwrap().to_owned())
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = truth
+            .iter()
+            .filter(|row| q.matches(|t| row.iter().find(|(x, _)| *x == t).map(|(_, v)| v.clone())))
+            .map(|row| row[0].1.clone())
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "round {round}: keys {keys:?}");
+        if !want.is_empty() && want.len() < truth.len() {
+            non_empty += 1;
+        }
+    }
+    // The random queries must discriminate, not match all or nothing.
+    assert!(
+        non_empty > 100,
+        "only {non_empty} of 300 queries selected a proper subset"
+    );
 }
