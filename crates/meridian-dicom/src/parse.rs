@@ -403,6 +403,14 @@ pub fn build_part10(
     info: &InstanceInfo,
     source_ae: &str,
 ) -> Result<Vec<u8>, ParseError> {
+    let mut out = part10_header(info, source_ae)?;
+    out.extend_from_slice(dataset);
+    Ok(out)
+}
+
+/// The preamble, `DICM` and file meta group of a Part 10 file for a data set
+/// received over the network; the data set follows unchanged.
+pub fn part10_header(info: &InstanceInfo, source_ae: &str) -> Result<Vec<u8>, ParseError> {
     let mut b = FileMetaTableBuilder::new()
         .transfer_syntax(info.transfer_syntax.as_str())
         .media_storage_sop_class_uid(info.sop_class_uid.as_str())
@@ -417,11 +425,10 @@ pub fn build_part10(
         b = b.source_application_entity_title(ae);
     }
     let meta = b.build().map_err(|e| ParseError::BadMeta(e.to_string()))?;
-    let mut out = Vec::with_capacity(dataset.len() + 512);
+    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(&[0u8; 128]);
     out.extend_from_slice(b"DICM");
     meta.write(&mut out)
         .map_err(|e| ParseError::BadMeta(e.to_string()))?;
-    out.extend_from_slice(dataset);
     Ok(out)
 }

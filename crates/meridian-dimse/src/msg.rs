@@ -199,10 +199,19 @@ where
                                 overflow = true;
                                 data = Vec::new();
                             }
+                            let is_last = pdv.is_last;
                             if !overflow {
-                                data.extend_from_slice(&pdv.data);
+                                if data.is_empty() {
+                                    // The first fragment: take it, and leave room for a few more.
+                                    data = pdv.data;
+                                    if !is_last {
+                                        data.reserve(data.len() * 7);
+                                    }
+                                } else {
+                                    data.extend_from_slice(&pdv.data);
+                                }
                             }
-                            if pdv.is_last {
+                            if is_last {
                                 let command = command
                                     .take()
                                     .ok_or_else(|| DimseError::Unexpected("no command".into()))?;

@@ -48,7 +48,7 @@ impl Blobs {
     /// object_store's local put renames a temporary file and never fsyncs,
     /// so the local write is done here, at the same path object_store reads
     /// from; reads, listing and deletes go through object_store.
-    pub fn put_durable_blocking(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
+    pub fn put_durable_blocking(&self, key: &str, parts: &[&[u8]]) -> Result<(), StoreError> {
         use std::io::Write;
         let path = self.store.path_to_filesystem(&Self::loc(key))?;
         let parent = path
@@ -61,8 +61,9 @@ impl Blobs {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        let written = f
-            .write_all(data)
+        let written = parts
+            .iter()
+            .try_for_each(|p| f.write_all(p))
             .and_then(|_| if self.fsync { f.sync_all() } else { Ok(()) });
         if let Err(e) = written {
             drop(f);

@@ -167,7 +167,7 @@ impl Ingest {
         let (info, key, len) = tokio::task::spawn_blocking(
             move || -> Result<(InstanceInfo, String, usize), IngestError> {
                 let _permit = permit;
-                let (info, file): (InstanceInfo, Bytes) = match input {
+                let (info, head, body): (InstanceInfo, Vec<u8>, Bytes) = match input {
                     Input::Part10 {
                         bytes,
                         expect_study,
@@ -180,7 +180,7 @@ impl Ingest {
                             )
                             .into());
                         }
-                        (info, bytes)
+                        (info, Vec::new(), bytes)
                     }
                     Input::Dataset {
                         data,
@@ -203,16 +203,17 @@ impl Ingest {
                                 ParseError::Mismatch("SOPClassUID", "AffectedSOPClassUID").into()
                             );
                         }
-                        let file = parse::build_part10(&data, &info, &source_ae)?;
-                        (info, Bytes::from(file))
+                        // The data set is kept exactly as received, after a new meta group.
+                        let head = parse::part10_header(&info, &source_ae)?;
+                        (info, head, data)
                     }
                 };
                 if !sop::is_storage_sop_class(&info.sop_class_uid) {
                     return Err(IngestError::NotStorage(info.sop_class_uid));
                 }
                 let key = Store::new_key(&info)?;
-                blobs.put_durable_blocking(&key, &file)?;
-                Ok((info, key, file.len()))
+                blobs.put_durable_blocking(&key, &[&head, &body])?;
+                Ok((info, key, head.len() + body.len()))
             },
         )
         .await

@@ -184,7 +184,7 @@ impl Store {
         let key = object_key(&info, rand_u64())?;
         let k2 = key.clone();
         let size = file.len() as i64;
-        tokio::task::spawn_blocking(move || blobs.put_durable_blocking(&k2, &file))
+        tokio::task::spawn_blocking(move || blobs.put_durable_blocking(&k2, &[&file]))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         self.index(info, key, size).await
