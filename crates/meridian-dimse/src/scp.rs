@@ -32,6 +32,17 @@ static OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
     g
 });
 
+tokio::task_local! {
+    /// The status of the last response this association sent (for the audit record).
+    static LAST_STATUS: std::cell::Cell<u16>;
+    /// Instances stored in this association, by study (one audit record per study).
+    static STORED: std::cell::RefCell<std::collections::BTreeMap<String, u32>>;
+}
+
+fn set_status(status: u16) {
+    let _ = LAST_STATUS.try_with(|c| c.set(status));
+}
+
 /// A DICOM peer that C-MOVE may send to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -160,7 +171,12 @@ impl Scp {
                     return;
                 };
                 OPEN.inc();
-                if let Err(e) = this.association(sock, peer).await {
+                let run = this.association(sock, peer);
+                let run = STORED.scope(
+                    Default::default(),
+                    LAST_STATUS.scope(std::cell::Cell::new(0xFFFF), run),
+                );
+                if let Err(e) = run.await {
                     tracing::info!(%peer, error = %e, "association ended with an error");
                 }
                 OPEN.dec();
@@ -172,23 +188,129 @@ impl Scp {
         let mut assoc = self.options.establish_async(sock).await?;
         let calling = assoc.peer_ae_title().to_owned();
         tracing::debug!(%peer, calling = %calling, "association accepted");
+        let r = self.messages(&mut assoc, &calling, peer).await;
+        // One audit record per study whose instances arrived on this association.
+        let stored = STORED
+            .try_with(|s| std::mem::take(&mut *s.borrow_mut()))
+            .unwrap_or_default();
+        for (study, n) in stored {
+            self.audit(
+                &calling,
+                peer,
+                "C-STORE".into(),
+                Some(study),
+                "0x0000".into(),
+                format!("{n} instances stored"),
+            )
+            .await;
+        }
+        r
+    }
+
+    /// Writes an audit record for a DIMSE access (errors are logged: the
+    /// response has already been sent).
+    async fn audit(
+        &self,
+        calling: &str,
+        peer: SocketAddr,
+        action: String,
+        study: Option<String>,
+        outcome: String,
+        detail: String,
+    ) {
+        let ev = meridian_audit::AuditEvent {
+            at_ms: meridian_store::now_ms(),
+            actor: calling.to_owned(),
+            role: "dicom-ae".into(),
+            action,
+            study_uid: study,
+            source: peer.to_string(),
+            outcome,
+            detail: detail.chars().take(512).collect(),
+            ..Default::default()
+        };
+        if let Err(e) = self.store().audit(ev).await {
+            tracing::error!(error = %e, "audit record could not be written");
+        }
+    }
+
+    /// The query level, study and keys of a C-FIND/C-MOVE/C-GET identifier, for the audit record.
+    fn describe(
+        &self,
+        assoc: &AsyncServerAssociation<TcpStream>,
+        m: &Message,
+    ) -> (Option<String>, String) {
+        let ts = pc_ts(assoc, m.pc_id);
+        match self.parse_identifier(&ts, m.data.as_deref()) {
+            Ok((q, _)) => {
+                let study = match q.key(0x0020_000D) {
+                    Some(meridian_core::Matcher::Single(s)) => Some(s.clone()),
+                    _ => None,
+                };
+                let keys: Vec<String> = q
+                    .keys
+                    .iter()
+                    .filter(|(_, mt)| *mt != meridian_core::Matcher::Universal)
+                    .map(|(a, mt)| format!("{}={mt:?}", a.keyword))
+                    .collect();
+                (study, format!("{} {}", q.level.as_dicom(), keys.join(" ")))
+            }
+            Err((_, why)) => (None, why),
+        }
+    }
+
+    /// Serves DIMSE messages until release or abort; an unsupported command
+    /// ends the association (the connection is dropped).
+    async fn messages(
+        &self,
+        assoc: &mut AsyncServerAssociation<TcpStream>,
+        calling: &str,
+        peer: SocketAddr,
+    ) -> Result<(), DimseError> {
         let max_data = self.ingest.limits.max_object;
         loop {
-            let m = match msg::receive(&mut assoc, max_data).await? {
+            let m = match msg::receive(assoc, max_data).await? {
                 Incoming::Message(m) => m,
                 Incoming::Released | Incoming::Aborted => return Ok(()),
             };
-            match m.field() {
-                cmd::C_ECHO_RQ => self.echo(&mut assoc, &m).await?,
-                cmd::C_STORE_RQ => self.c_store(&mut assoc, m, &calling).await?,
-                cmd::C_FIND_RQ => self.c_find(&mut assoc, &m).await?,
-                cmd::C_MOVE_RQ => self.c_move(&mut assoc, &m, &calling).await?,
-                cmd::C_GET_RQ => self.c_get(&mut assoc, &m).await?,
+            let field = m.field();
+            match field {
+                cmd::C_ECHO_RQ => self.echo(assoc, &m).await?,
+                cmd::C_STORE_RQ => self.c_store(assoc, m, calling).await?,
+                cmd::C_FIND_RQ | cmd::C_MOVE_RQ | cmd::C_GET_RQ => {
+                    let (study, detail) = self.describe(assoc, &m);
+                    set_status(0xFFFF);
+                    let action = match field {
+                        cmd::C_FIND_RQ => {
+                            self.c_find(assoc, &m).await?;
+                            "C-FIND".to_owned()
+                        }
+                        cmd::C_MOVE_RQ => {
+                            self.c_move(assoc, &m, calling).await?;
+                            format!("C-MOVE to {}", m.str(tags::MOVE_DESTINATION).trim())
+                        }
+                        _ => {
+                            self.c_get(assoc, &m).await?;
+                            "C-GET".to_owned()
+                        }
+                    };
+                    let status = LAST_STATUS.try_with(|c| c.get()).unwrap_or(0xFFFF);
+                    self.audit(
+                        calling,
+                        peer,
+                        action,
+                        study,
+                        format!("0x{status:04X}"),
+                        detail,
+                    )
+                    .await;
+                }
                 cmd::C_CANCEL_RQ => {}
                 other => {
                     tracing::warn!(%peer, "unsupported command 0x{other:04X}; aborting");
-                    assoc.abort().await.ok();
-                    return Ok(());
+                    return Err(DimseError::Unexpected(format!(
+                        "unsupported command 0x{other:04X}"
+                    )));
                 }
             }
         }
@@ -237,7 +359,11 @@ impl Scp {
                     source_ae: calling.to_owned(),
                 };
                 match self.ingest.ingest(input).await {
-                    Ok(_) => (0, String::new()),
+                    Ok((info, _)) => {
+                        let _ = STORED
+                            .try_with(|s| *s.borrow_mut().entry(info.study_uid).or_insert(0) += 1);
+                        (0, String::new())
+                    }
                     Err(e) => {
                         tracing::info!(sop = %sop_uid, error = %e, "C-STORE refused");
                         (e.dimse_status(), e.to_string())
@@ -311,6 +437,7 @@ impl Scp {
         let sop_class = m.str(tags::AFFECTED_SOP_CLASS_UID);
         let rsp =
             |status: u16, has_data: bool, comment: Option<&str>| -> Result<Vec<u8>, DimseError> {
+                set_status(status);
                 let mut els = vec![
                     el_ui(tags::AFFECTED_SOP_CLASS_UID, &sop_class),
                     el_u16(tags::COMMAND_FIELD, cmd::C_FIND_RSP),
@@ -673,6 +800,7 @@ impl RetrieveResponder {
         has_data: bool,
         comment: Option<&str>,
     ) -> Result<Vec<u8>, DimseError> {
+        set_status(status);
         let mut els = vec![
             el_ui(tags::AFFECTED_SOP_CLASS_UID, &self.sop_class),
             el_u16(tags::COMMAND_FIELD, self.field),

@@ -19,7 +19,10 @@ pub(crate) struct Db {
 }
 
 /// Migrations, in order. Each is portable SQL run in one transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_archive.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_archive.sql")),
+    (2, include_str!("../migrations/0002_audit.sql")),
+];
 
 impl Db {
     pub async fn connect(url: &str) -> Result<Db, StoreError> {
@@ -53,12 +56,23 @@ impl Db {
         Ok(Db { pool, kind })
     }
 
+    /// Begins a transaction that will write: on SQLite it takes the write
+    /// lock at once (`BEGIN IMMEDIATE`), so a read-then-write transaction
+    /// never fails with SQLITE_BUSY_SNAPSHOT when several processes share
+    /// the file.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.kind {
+            DbKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            DbKind::Postgres => self.pool.begin().await?,
+        })
+    }
+
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.pool
             .execute("CREATE TABLE IF NOT EXISTS meridian_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
             .await?;
         for (version, sql) in MIGRATIONS {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             let done: Option<(i64,)> =
                 sqlx::query_as("SELECT version FROM meridian_migrations WHERE version = $1")
                     .bind(*version)

@@ -12,6 +12,7 @@
 //!   a conditional update, so a restart loses nothing and several nodes on
 //!   one PostgreSQL fire each stable event once.
 
+mod audit;
 mod blobs;
 mod db;
 pub mod ingest;
@@ -109,6 +110,7 @@ pub struct Store {
 
 struct Inner {
     db: db::Db,
+    audit: mpsc::Sender<audit::Job>,
     blobs: Blobs,
     writer: mpsc::Sender<writer::Job>,
     events: broadcast::Sender<StudyEvent>,
@@ -150,9 +152,12 @@ impl Store {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer::run(db.clone(), rx, cfg.duplicate_policy));
         let (events, _) = broadcast::channel(1024);
+        let (atx, arx) = mpsc::channel(4096);
+        tokio::spawn(audit::run(db.clone(), arx));
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
+                audit: atx,
                 blobs,
                 writer: tx,
                 events,
@@ -232,6 +237,33 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Appends an audit record; returns its sequence number once it is durable.
+    pub async fn audit(&self, event: meridian_audit::AuditEvent) -> Result<i64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .audit
+            .send(audit::Job { event, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Walks the audit chain; `Ok(Err(..))` names the first broken record.
+    pub async fn verify_audit(
+        &self,
+    ) -> Result<Result<u64, meridian_audit::VerifyError>, StoreError> {
+        audit::verify(&self.inner.db).await
+    }
+
+    /// Audit records (of one study, or all), oldest first, at most `limit`.
+    pub async fn audit_records(
+        &self,
+        study_uid: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<meridian_audit::Record>, StoreError> {
+        audit::records(&self.inner.db, study_uid, limit).await
     }
 
     /// Whether an instance is indexed.

@@ -61,7 +61,7 @@ async fn commit(
     jobs: &[Job],
     policy: DuplicatePolicy,
 ) -> Result<Vec<Written>, StoreError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let now = now_ms();
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {

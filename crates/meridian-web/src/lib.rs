@@ -2,6 +2,7 @@
 //! rendered/thumbnail), `/healthz`, `/metrics`, and the optional viewer.
 //! Thin: matching, parsing and storage live in the lower crates.
 
+mod audit;
 mod error;
 mod multipart;
 mod qido;
@@ -105,6 +106,10 @@ pub fn router(state: AppState) -> Router {
         .route("/series", get(qido::all_series))
         .route("/instances", get(qido::all_instances))
         .fallback(|| async { ApiError::not_found("no such DICOMweb resource") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
         .layer(DefaultBodyLimit::max(max_request));
     let mut app = Router::new()
         .route("/healthz", get(healthz))

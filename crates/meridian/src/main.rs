@@ -39,6 +39,8 @@ enum Cmd {
     Send(tools::SendArgs),
     /// Check that every indexed instance has its file, and report stray files.
     Fsck(tools::FsckArgs),
+    /// The tamper-evident audit trail: `verify` walks the hash chain, `list` prints records.
+    Audit(tools::AuditArgs),
 }
 
 fn main() -> Result<()> {
@@ -62,6 +64,7 @@ fn main() -> Result<()> {
             Cmd::Import(a) => tools::import(a).await,
             Cmd::Send(a) => tools::send(a).await,
             Cmd::Fsck(a) => tools::fsck(a).await,
+            Cmd::Audit(a) => tools::audit(a).await,
         }
     })
 }
@@ -141,7 +144,11 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
         );
     }
 
-    let server = axum::serve(http, app).with_graceful_shutdown(shutdown_signal());
+    let server = axum::serve(
+        http,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal());
     tokio::select! {
         r = server => r.context("HTTP server")?,
         r = dimse_task => { r.context("DIMSE task")?.context("DIMSE listener")?; }

@@ -38,6 +38,63 @@ pub struct SendArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub cmd: AuditCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Walk the hash chain; name the first altered, missing or reordered record.
+    Verify(FsckArgs),
+    /// Print audit records as JSON lines, oldest first.
+    List {
+        /// Only records of this study.
+        #[arg(long)]
+        study: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+pub async fn audit(a: AuditArgs) -> Result<()> {
+    match a.cmd {
+        AuditCmd::Verify(f) => {
+            let s = Settings::resolve(f.serve, false)?;
+            let store = crate::open_store(&s).await?;
+            let t = std::time::Instant::now();
+            let r = store.verify_audit().await?;
+            store.close().await;
+            match r {
+                Ok(n) => {
+                    println!(
+                        "audit trail intact: {n} records verified in {:.2?}",
+                        t.elapsed()
+                    );
+                    Ok(())
+                }
+                Err(e) => bail!("audit trail BROKEN: {e}"),
+            }
+        }
+        AuditCmd::List {
+            study,
+            limit,
+            serve,
+        } => {
+            let s = Settings::resolve(serve, false)?;
+            let store = crate::open_store(&s).await?;
+            for r in store.audit_records(study.as_deref(), limit).await? {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            store.close().await;
+            Ok(())
+        }
+    }
+}
+
+#[derive(Args, Debug)]
 pub struct FsckArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
