@@ -122,9 +122,33 @@ pub fn router(state: AppState) -> Router {
             .route("/", get(index))
             .fallback(|| async { ApiError::not_found("not found") }),
     };
-    app.layer(TraceLayer::new_for_http())
+    app.layer(compression())
+        .layer(TraceLayer::new_for_http())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// gzip for text-like responses (DICOM JSON, the viewer's scripts and styles) when the
+/// client accepts it; never for pixel data or DICOM files, which are binary and large.
+fn compression()
+-> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate + Clone> {
+    use tower_http::compression::predicate::{Predicate, SizeAbove};
+    let text_like =
+        |_: StatusCode, _: axum::http::Version, h: &HeaderMap, _: &axum::http::Extensions| {
+            let ct = h
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            ct.starts_with("application/dicom+json")
+                || ct.starts_with("application/json")
+                || ct.starts_with("text/")
+                || ct.starts_with("application/javascript")
+                || ct.starts_with("application/wasm")
+                || ct.starts_with("image/svg")
+        };
+    tower_http::compression::CompressionLayer::new()
+        .gzip(true)
+        .compress_when(SizeAbove::new(1024).and(text_like))
 }
 
 async fn security_headers(mut r: Response) -> Response {
