@@ -131,7 +131,7 @@ pub fn router(state: AppState) -> Router {
 /// gzip for text-like responses (DICOM JSON, the viewer's scripts and styles) when the
 /// client accepts it; never for pixel data or DICOM files, which are binary and large.
 fn compression()
--> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate + Clone> {
+-> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate> {
     use tower_http::compression::predicate::{Predicate, SizeAbove};
     let text_like =
         |_: StatusCode, _: axum::http::Version, h: &HeaderMap, _: &axum::http::Extensions| {
