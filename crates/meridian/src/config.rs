@@ -56,6 +56,52 @@ pub struct ServeArgs {
     /// Directory of a prebuilt viewer (OHIF `dist`) to serve at `/`.
     #[arg(long, env = "MERIDIAN_VIEWER_DIR")]
     pub viewer_dir: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS on --http (and DICOM TLS with --dicom-tls).
+    #[arg(long, env = "MERIDIAN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "MERIDIAN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates (mutual TLS): required on the DICOM TLS port,
+    /// verified when offered over HTTPS.
+    #[arg(long, env = "MERIDIAN_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// DICOM TLS listen address (BCP 195 profile), e.g. 127.0.0.1:2762 [default: off].
+    #[arg(long, env = "MERIDIAN_DICOM_TLS")]
+    pub dicom_tls: Option<String>,
+    /// Calling AE titles not registered to a site: reject or quarantine [default: reject].
+    #[arg(long, env = "MERIDIAN_UNKNOWN_AE")]
+    pub unknown_ae: Option<String>,
+    /// Public base URL of this server (for OIDC redirects), e.g. https://meridian.example.org.
+    #[arg(long, env = "MERIDIAN_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Session lifetime, hours [default: 12].
+    #[arg(long, env = "MERIDIAN_SESSION_HOURS")]
+    pub session_hours: Option<u64>,
+    /// OpenID Connect issuer URL (enables "Sign in with SSO").
+    #[arg(long, env = "MERIDIAN_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// OIDC client ID.
+    #[arg(long, env = "MERIDIAN_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+    /// OIDC client secret (prefer the environment variable; never logged).
+    #[arg(long, env = "MERIDIAN_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<String>,
+    /// ID-token claim holding the user's groups [default: groups].
+    #[arg(long, env = "MERIDIAN_OIDC_ROLE_CLAIM")]
+    pub oidc_role_claim: Option<String>,
+    /// ID-token claim holding the user's site (for the `site` and `referrer` roles) [default: meridian_site].
+    #[arg(long, env = "MERIDIAN_OIDC_SITE_CLAIM")]
+    pub oidc_site_claim: Option<String>,
+    /// IdP group to Meridian role, GROUP=ROLE (repeatable; env: comma-separated).
+    #[arg(long = "oidc-role", env = "MERIDIAN_OIDC_ROLES", value_delimiter = ',')]
+    pub oidc_roles: Vec<String>,
+    /// Audit repository for DICOM audit messages over syslog TLS (RFC 5425), HOST:PORT.
+    #[arg(long, env = "MERIDIAN_AUDIT_SYSLOG")]
+    pub audit_syslog: Option<String>,
+    /// PEM CA bundle that signs the audit repository's certificate.
+    #[arg(long, env = "MERIDIAN_AUDIT_SYSLOG_CA")]
+    pub audit_syslog_ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -76,6 +122,22 @@ struct FileConfig {
     max_object: Option<usize>,
     max_request: Option<usize>,
     viewer_dir: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    dicom_tls: Option<String>,
+    unknown_ae: Option<String>,
+    public_url: Option<String>,
+    session_hours: Option<u64>,
+    oidc_issuer: Option<String>,
+    oidc_client_id: Option<String>,
+    oidc_client_secret: Option<String>,
+    oidc_role_claim: Option<String>,
+    oidc_site_claim: Option<String>,
+    #[serde(default)]
+    oidc_roles: Vec<String>,
+    audit_syslog: Option<String>,
+    audit_syslog_ca: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -95,6 +157,45 @@ pub struct Settings {
     pub max_object: usize,
     pub max_request: usize,
     pub viewer_dir: Option<PathBuf>,
+    /// HTTPS and DICOM TLS material, when configured.
+    pub tls: Option<TlsFiles>,
+    pub dicom_tls: Option<String>,
+    pub quarantine_unknown_ae: bool,
+    pub public_url: Option<String>,
+    pub session_hours: u64,
+    pub oidc: Option<OidcSettings>,
+    pub audit_syslog: Option<String>,
+    pub audit_syslog_ca: Option<PathBuf>,
+}
+
+/// Certificate, key and optional client CA (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A secret that never appears in logs or Debug output.
+#[derive(Clone, Default)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// OpenID Connect login settings.
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub role_claim: String,
+    pub site_claim: String,
+    /// IdP group → Meridian role.
+    pub roles: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -161,7 +262,77 @@ impl Settings {
             max_object: a.max_object.or(f.max_object).unwrap_or(1 << 30),
             max_request: a.max_request.or(f.max_request).unwrap_or(4 << 30),
             viewer_dir: a.viewer_dir.or(f.viewer_dir).or(default_viewer),
+            tls: match (a.tls_cert.or(f.tls_cert), a.tls_key.or(f.tls_key)) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert,
+                    key,
+                    client_ca: a.tls_client_ca.or(f.tls_client_ca),
+                }),
+                (None, None) => None,
+                _ => bail!("--tls-cert and --tls-key go together"),
+            },
+            dicom_tls: a.dicom_tls.or(f.dicom_tls),
+            quarantine_unknown_ae: match a
+                .unknown_ae
+                .or(f.unknown_ae)
+                .as_deref()
+                .unwrap_or("reject")
+            {
+                "reject" => false,
+                "quarantine" => true,
+                other => bail!("--unknown-ae must be reject or quarantine, not {other:?}"),
+            },
+            public_url: a
+                .public_url
+                .or(f.public_url)
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            session_hours: a
+                .session_hours
+                .or(f.session_hours)
+                .unwrap_or(12)
+                .clamp(1, 24 * 30),
+            oidc: match (
+                a.oidc_issuer.or(f.oidc_issuer),
+                a.oidc_client_id.or(f.oidc_client_id),
+            ) {
+                (Some(issuer), Some(client_id)) => {
+                    let raw = if a.oidc_roles.is_empty() {
+                        f.oidc_roles
+                    } else {
+                        a.oidc_roles
+                    };
+                    let roles = raw
+                        .iter()
+                        .map(|m| {
+                            m.split_once('=')
+                                .map(|(g, r)| (g.trim().to_owned(), r.trim().to_owned()))
+                                .with_context(|| format!("--oidc-role {m:?} is not GROUP=ROLE"))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Some(OidcSettings {
+                        issuer: issuer.trim_end_matches('/').to_owned(),
+                        client_id,
+                        client_secret: a.oidc_client_secret.or(f.oidc_client_secret).map(Secret),
+                        role_claim: a
+                            .oidc_role_claim
+                            .or(f.oidc_role_claim)
+                            .unwrap_or_else(|| "groups".into()),
+                        site_claim: a
+                            .oidc_site_claim
+                            .or(f.oidc_site_claim)
+                            .unwrap_or_else(|| "meridian_site".into()),
+                        roles,
+                    })
+                }
+                (None, None) => None,
+                _ => bail!("--oidc-issuer and --oidc-client-id go together"),
+            },
+            audit_syslog: a.audit_syslog.or(f.audit_syslog),
+            audit_syslog_ca: a.audit_syslog_ca.or(f.audit_syslog_ca),
         };
+        if s.dicom_tls.is_some() && s.tls.is_none() {
+            bail!("--dicom-tls needs --tls-cert and --tls-key");
+        }
         if let Some(v) = &s.viewer_dir
             && !v.join("index.html").exists()
         {
