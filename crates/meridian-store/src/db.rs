@@ -22,6 +22,7 @@ pub(crate) struct Db {
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_archive.sql")),
     (2, include_str!("../migrations/0002_audit.sql")),
+    (3, include_str!("../migrations/0003_security.sql")),
 ];
 
 impl Db {

@@ -82,6 +82,8 @@ impl IngestError {
         match self {
             IngestError::Parse(p) => p.dimse_status(),
             IngestError::NotStorage(_) => 0xA900,
+            // Refused (PS3.4 B.2.3 "Refused: Not Authorized" is 0x0124).
+            IngestError::Store(StoreError::OtherSite) => 0x0124,
             IngestError::Store(_) | IngestError::Busy => 0xA700,
         }
     }
@@ -90,6 +92,7 @@ impl IngestError {
         match self {
             IngestError::Parse(p) => p.reason(),
             IngestError::NotStorage(_) => "not_storage_class",
+            IngestError::Store(StoreError::OtherSite) => "other_site",
             IngestError::Store(_) => "storage_error",
             IngestError::Busy => "busy",
         }
@@ -97,7 +100,12 @@ impl IngestError {
 
     /// Whether the client sent something wrong (4xx) rather than the server failing (5xx).
     pub fn is_client_error(&self) -> bool {
-        matches!(self, IngestError::Parse(_) | IngestError::NotStorage(_))
+        matches!(
+            self,
+            IngestError::Parse(_)
+                | IngestError::NotStorage(_)
+                | IngestError::Store(StoreError::OtherSite)
+        )
     }
 }
 
@@ -138,9 +146,15 @@ impl Ingest {
     }
 
     /// Parses, validates and durably stores one instance.
-    pub async fn ingest(&self, input: Input) -> Result<(InstanceInfo, StoreOutcome), IngestError> {
+    /// `site` is the tenant the instance arrives for (from the calling AE or
+    /// the STOW-RS credential); a study keeps the site that sent it first.
+    pub async fn ingest(
+        &self,
+        site: &str,
+        input: Input,
+    ) -> Result<(InstanceInfo, StoreOutcome), IngestError> {
         let t = Instant::now();
-        let r = self.ingest_inner(input).await;
+        let r = self.ingest_inner(site, input).await;
         match &r {
             Ok((_, _)) => {
                 RECEIVED.inc();
@@ -153,6 +167,7 @@ impl Ingest {
 
     async fn ingest_inner(
         &self,
+        site: &str,
         input: Input,
     ) -> Result<(InstanceInfo, StoreOutcome), IngestError> {
         let permit = self
@@ -218,7 +233,10 @@ impl Ingest {
         )
         .await
         .map_err(|_| IngestError::Busy)??;
-        let outcome = self.store.index(info.clone(), key, len as i64).await?;
+        let outcome = self
+            .store
+            .index(site, info.clone(), key, len as i64)
+            .await?;
         BYTES.inc_by(len as u64);
         Ok((info, outcome))
     }

@@ -12,6 +12,7 @@
 //!   a conditional update, so a restart loses nothing and several nodes on
 //!   one PostgreSQL fire each stable event once.
 
+pub mod accounts;
 mod audit;
 mod blobs;
 mod db;
@@ -25,6 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use blobs::Blobs;
 pub use db::DbKind;
+pub use meridian_auth::Scope;
 use meridian_dicom::InstanceInfo;
 pub use query::{InstanceRef, QueryRow};
 use thiserror::Error;
@@ -47,6 +49,8 @@ pub enum StoreError {
     Migration(i64, String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("the study belongs to another site")]
+    OtherSite,
 }
 
 /// What happens when an instance with a known SOP Instance UID arrives again.
@@ -182,6 +186,7 @@ impl Store {
     /// Returns only when both are durable.
     pub async fn store(
         &self,
+        site: &str,
         info: InstanceInfo,
         file: bytes::Bytes,
     ) -> Result<StoreOutcome, StoreError> {
@@ -192,7 +197,7 @@ impl Store {
         tokio::task::spawn_blocking(move || blobs.put_durable_blocking(&k2, &[&file]))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        self.index(info, key, size).await
+        self.index(site, info, key, size).await
     }
 
     /// Makes a new object key for an instance (validated UIDs and a random suffix).
@@ -206,12 +211,14 @@ impl Store {
     /// when it replaces it.
     pub async fn index(
         &self,
+        site: &str,
         info: InstanceInfo,
         key: String,
         size: i64,
     ) -> Result<StoreOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         let job = writer::Job {
+            site: site.to_owned(),
             info,
             key: key.clone(),
             size,
@@ -231,6 +238,10 @@ impl Store {
             Ok(writer::Written::Replaced(old)) => {
                 self.inner.blobs.delete(&old).await.ok();
                 Ok(StoreOutcome::Replaced)
+            }
+            Ok(writer::Written::OtherSite) => {
+                self.inner.blobs.delete(&key).await.ok();
+                Err(StoreError::OtherSite)
             }
             Err(e) => {
                 self.inner.blobs.delete(&key).await.ok();
@@ -277,8 +288,13 @@ impl Store {
     }
 
     /// Runs a C-FIND / QIDO query.
-    pub async fn find(&self, q: &meridian_core::Query) -> Result<Vec<QueryRow>, StoreError> {
-        query::find(&self.inner.db, q).await
+    /// Runs a C-FIND / QIDO query within what `scope` may see.
+    pub async fn find(
+        &self,
+        q: &meridian_core::Query,
+        scope: &Scope,
+    ) -> Result<Vec<QueryRow>, StoreError> {
+        query::find(&self.inner.db, q, scope).await
     }
 
     /// Instances under a study / series / instance, ordered for retrieval.
@@ -287,16 +303,18 @@ impl Store {
         study: Option<&str>,
         series: Option<&str>,
         sop: Option<&str>,
+        scope: &Scope,
     ) -> Result<Vec<InstanceRef>, StoreError> {
-        query::instances(&self.inner.db, study, series, sop).await
+        query::instances(&self.inner.db, study, series, sop, scope).await
     }
 
     /// Instances matching a C-MOVE/C-GET identifier at a level (UID lists allowed).
     pub async fn instances_for_query(
         &self,
         q: &meridian_core::Query,
+        scope: &Scope,
     ) -> Result<Vec<InstanceRef>, StoreError> {
-        query::instances_for_query(&self.inner.db, q).await
+        query::instances_for_query(&self.inner.db, q, scope).await
     }
 
     /// Reads a stored file.

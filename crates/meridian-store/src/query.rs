@@ -1,5 +1,6 @@
 //! Translation of the shared query model into parameterised SQL.
 
+use meridian_auth::Scope;
 use meridian_core::attrs::{ATTRS, Attr, AttrKind, Level};
 use meridian_core::{Matcher, Query};
 use sqlx::Row;
@@ -167,6 +168,24 @@ impl Sql {
         }
     }
 
+    /// Restricts to the studies `scope` may see (`st` is the studies table).
+    fn scope(&mut self, scope: &Scope) {
+        match scope {
+            Scope::All => {}
+            Scope::Site(site) => {
+                let p = self.p(Param::Text(site.clone()));
+                self.conds.push(format!("st.site_id = {p}"));
+            }
+            Scope::Granted(user) => {
+                let p = self.p(Param::Text(user.clone()));
+                self.conds.push(format!(
+                    "st.study_uid IN (SELECT g.study_uid FROM grants g WHERE g.username = {p})"
+                ));
+            }
+            Scope::Nothing => self.conds.push("1 = 0".to_owned()),
+        }
+    }
+
     fn where_clause(&self) -> String {
         if self.conds.is_empty() {
             String::new()
@@ -199,7 +218,7 @@ fn from_clause(level: Level) -> &'static str {
     }
 }
 
-fn build(q: &Query) -> Sql {
+fn build(q: &Query, scope: &Scope) -> Sql {
     let mut sql = Sql {
         conds: Vec::new(),
         params: Vec::new(),
@@ -207,6 +226,7 @@ fn build(q: &Query) -> Sql {
     for (a, m) in &q.keys {
         sql.add(a, m);
     }
+    sql.scope(scope);
     sql
 }
 
@@ -228,9 +248,9 @@ fn limit_clause(q: &Query, sql: &mut Sql) -> String {
     format!(" LIMIT {l} OFFSET {o}")
 }
 
-pub(crate) async fn find(db: &Db, q: &Query) -> Result<Vec<QueryRow>, StoreError> {
+pub(crate) async fn find(db: &Db, q: &Query, scope: &Scope) -> Result<Vec<QueryRow>, StoreError> {
     if q.level == Level::Patient {
-        return find_patients(db, q).await;
+        return find_patients(db, q, scope).await;
     }
     // Every indexed attribute of this level and the levels above it.
     let cols: Vec<&Attr> = ATTRS.iter().filter(|a| a.level <= q.level).collect();
@@ -242,7 +262,7 @@ pub(crate) async fn find(db: &Db, q: &Query) -> Result<Vec<QueryRow>, StoreError
         Level::Series => " ORDER BY se.series_number, se.series_uid",
         Level::Image => " ORDER BY i.instance_number, i.sop_uid",
     };
-    let mut sql = build(q);
+    let mut sql = build(q, scope);
     let lim = limit_clause(q, &mut sql);
     let text = format!(
         "SELECT {}{}{}{}{}",
@@ -275,10 +295,10 @@ pub(crate) async fn find(db: &Db, q: &Query) -> Result<Vec<QueryRow>, StoreError
         .collect())
 }
 
-async fn find_patients(db: &Db, q: &Query) -> Result<Vec<QueryRow>, StoreError> {
+async fn find_patients(db: &Db, q: &Query, scope: &Scope) -> Result<Vec<QueryRow>, StoreError> {
     let cols: Vec<&Attr> = ATTRS.iter().filter(|a| a.level == Level::Patient).collect();
     let select: Vec<String> = cols.iter().map(|a| col(a)).collect();
-    let mut sql = build(q);
+    let mut sql = build(q, scope);
     let lim = limit_clause(q, &mut sql);
     let text = format!(
         "SELECT {}, COUNT(*){}{} GROUP BY {} ORDER BY st.patient_id{}",
@@ -332,6 +352,7 @@ pub(crate) async fn instances(
     study: Option<&str>,
     series: Option<&str>,
     sop: Option<&str>,
+    scope: &Scope,
 ) -> Result<Vec<InstanceRef>, StoreError> {
     let mut sql = Sql {
         conds: Vec::new(),
@@ -347,8 +368,9 @@ pub(crate) async fn instances(
             sql.conds.push(format!("{c} = {p}"));
         }
     }
+    sql.scope(scope);
     let text = format!(
-        "SELECT {INSTANCE_COLS} FROM instances i LEFT JOIN series se ON se.series_uid = i.series_uid{} ORDER BY se.series_number, i.series_uid, i.instance_number, i.sop_uid",
+        "SELECT {INSTANCE_COLS} FROM instances i LEFT JOIN series se ON se.series_uid = i.series_uid LEFT JOIN studies st ON st.study_uid = i.study_uid{} ORDER BY se.series_number, i.series_uid, i.instance_number, i.sop_uid",
         sql.where_clause()
     );
     let rows = sql
@@ -364,8 +386,9 @@ pub(crate) async fn instances(
 pub(crate) async fn instances_for_query(
     db: &Db,
     q: &Query,
+    scope: &Scope,
 ) -> Result<Vec<InstanceRef>, StoreError> {
-    let sql = build(q);
+    let sql = build(q, scope);
     let text = format!(
         "SELECT {INSTANCE_COLS}{}{} ORDER BY se.series_number, i.series_uid, i.instance_number, i.sop_uid",
         from_clause(Level::Image),

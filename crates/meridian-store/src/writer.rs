@@ -8,6 +8,8 @@ use crate::db::Db;
 use crate::{DuplicatePolicy, StoreError, now_ms};
 
 pub(crate) struct Job {
+    /// The site (tenant) the instance arrives for.
+    pub site: String,
     pub info: InstanceInfo,
     pub key: String,
     pub size: i64,
@@ -20,6 +22,8 @@ pub(crate) enum Written {
     Duplicate,
     /// Replaced; carries the old object key to delete.
     Replaced(String),
+    /// Refused: the study exists and belongs to another site.
+    OtherSite,
 }
 
 const MAX_BATCH: usize = 256;
@@ -96,6 +100,17 @@ async fn insert_one(
     policy: DuplicatePolicy,
 ) -> Result<Written, StoreError> {
     let i = &job.info;
+    // A study belongs to the site that sent it first; another site may not add to it.
+    let owner: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT site_id FROM studies WHERE study_uid = $1")
+            .bind(&i.study_uid)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if let Some((Some(owner),)) = owner
+        && owner != job.site
+    {
+        return Ok(Written::OtherSite);
+    }
     let r = sqlx::query(
         "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class, instance_number, rows_, columns_, frames, bits_allocated, transfer_syntax, object_key, size, received_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (sop_uid) DO NOTHING",
@@ -173,8 +188,8 @@ async fn insert_one(
         (format!("{modality}/"), format!("%/{modality}/%"))
     };
     sqlx::query(
-        "INSERT INTO studies (study_uid, patient_name, patient_name_fuzzy, patient_id, issuer, birth_date, sex, study_date, study_time, accession, study_description, referring_physician, study_id, modalities, num_series, num_instances, received_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '/' || $15, $16, 1, $14, $14) \
+        "INSERT INTO studies (study_uid, patient_name, patient_name_fuzzy, patient_id, issuer, birth_date, sex, study_date, study_time, accession, study_description, referring_physician, study_id, modalities, num_series, num_instances, received_at, updated_at, site_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '/' || $15, $16, 1, $14, $14, $18) \
          ON CONFLICT (study_uid) DO UPDATE SET num_instances = studies.num_instances + 1, num_series = studies.num_series + $16, updated_at = $14, stable_at = NULL, \
          modalities = CASE WHEN studies.modalities LIKE $17 THEN studies.modalities ELSE studies.modalities || $15 END",
     )
@@ -195,6 +210,7 @@ async fn insert_one(
     .bind(mods)
     .bind(new_series)
     .bind(pattern)
+    .bind(&job.site)
     .execute(&mut **tx)
     .await?;
     Ok(Written::Inserted)

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use meridian_core::Query;
 use meridian_core::attrs::{Level, by_keyword};
 use meridian_dicom::InstanceInfo;
+use meridian_store::Scope;
 use meridian_store::{DuplicatePolicy, Store, StoreConfig, StoreOutcome};
 
 struct Env {
@@ -106,6 +107,7 @@ async fn store_and_find_at_every_level() {
     let s = &e.store;
     for n in 0..3 {
         s.store(
+            "site-a",
             info(
                 "1.2.3",
                 "1.2.3.1",
@@ -118,12 +120,14 @@ async fn store_and_find_at_every_level() {
         .unwrap();
     }
     s.store(
+        "site-a",
         info("1.2.3", "1.2.3.2", "1.2.3.2.1", &[(0x0008_0060, "SR")]),
         Bytes::from_static(b"x"),
     )
     .await
     .unwrap();
     s.store(
+        "site-a",
         info(
             "1.2.4",
             "1.2.4.1",
@@ -140,7 +144,7 @@ async fn store_and_find_at_every_level() {
     .await
     .unwrap();
 
-    let studies = s.find(&q(Level::Study, &[])).await.unwrap();
+    let studies = s.find(&q(Level::Study, &[]), &Scope::All).await.unwrap();
     assert_eq!(studies.len(), 2);
     let st = studies
         .iter()
@@ -151,14 +155,14 @@ async fn store_and_find_at_every_level() {
     assert_eq!(st.get(0x0008_0061), Some("CT\\SR"));
 
     assert_eq!(
-        s.find(&q(Level::Study, &[("PatientName", "DOE*")]))
+        s.find(&q(Level::Study, &[("PatientName", "DOE*")]), &Scope::All)
             .await
             .unwrap()
             .len(),
         1
     );
     assert_eq!(
-        s.find(&q(Level::Study, &[("PatientName", "doe*")]))
+        s.find(&q(Level::Study, &[("PatientName", "doe*")]), &Scope::All)
             .await
             .unwrap()
             .len(),
@@ -166,72 +170,87 @@ async fn store_and_find_at_every_level() {
         "matching is case-sensitive"
     );
     assert_eq!(
-        s.find(&q(Level::Study, &[("PatientName", "?OE^JA*")]))
+        s.find(&q(Level::Study, &[("PatientName", "?OE^JA*")]), &Scope::All)
             .await
             .unwrap()
             .len(),
         1
     );
     assert_eq!(
-        s.find(&q(Level::Study, &[("StudyDate", "20240101-")]))
+        s.find(&q(Level::Study, &[("StudyDate", "20240101-")]), &Scope::All)
             .await
             .unwrap()
             .len(),
         1
     );
     assert_eq!(
-        s.find(&q(Level::Study, &[("StudyDate", "-20231231")]))
+        s.find(&q(Level::Study, &[("StudyDate", "-20231231")]), &Scope::All)
             .await
             .unwrap()
             .len(),
         1
     );
     assert_eq!(
-        s.find(&q(Level::Study, &[("StudyDate", "20230101-20241231")]))
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
-    assert_eq!(
-        s.find(&q(Level::Study, &[("ModalitiesInStudy", "SR")]))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        s.find(&q(Level::Study, &[("ModalitiesInStudy", "MR\\SR")]))
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
-    assert_eq!(
-        s.find(&q(
-            Level::Study,
-            &[("StudyInstanceUID", "1.2.3\\1.2.4\\1.9")]
-        ))
+        s.find(
+            &q(Level::Study, &[("StudyDate", "20230101-20241231")]),
+            &Scope::All
+        )
         .await
         .unwrap()
         .len(),
         2
     );
     assert_eq!(
-        s.find(&q(Level::Series, &[("StudyInstanceUID", "1.2.3")]))
-            .await
-            .unwrap()
-            .len(),
+        s.find(
+            &q(Level::Study, &[("ModalitiesInStudy", "SR")]),
+            &Scope::All
+        )
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
+    assert_eq!(
+        s.find(
+            &q(Level::Study, &[("ModalitiesInStudy", "MR\\SR")]),
+            &Scope::All
+        )
+        .await
+        .unwrap()
+        .len(),
+        2
+    );
+    assert_eq!(
+        s.find(
+            &q(Level::Study, &[("StudyInstanceUID", "1.2.3\\1.2.4\\1.9")]),
+            &Scope::All
+        )
+        .await
+        .unwrap()
+        .len(),
+        2
+    );
+    assert_eq!(
+        s.find(
+            &q(Level::Series, &[("StudyInstanceUID", "1.2.3")]),
+            &Scope::All
+        )
+        .await
+        .unwrap()
+        .len(),
         2
     );
     let series = s
-        .find(&q(Level::Series, &[("Modality", "CT")]))
+        .find(&q(Level::Series, &[("Modality", "CT")]), &Scope::All)
         .await
         .unwrap();
     assert_eq!(series.len(), 1);
     assert_eq!(series[0].get(0x0020_1209), Some("3"));
     let imgs = s
-        .find(&q(Level::Image, &[("SeriesInstanceUID", "1.2.3.1")]))
+        .find(
+            &q(Level::Image, &[("SeriesInstanceUID", "1.2.3.1")]),
+            &Scope::All,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -241,7 +260,7 @@ async fn store_and_find_at_every_level() {
         ["1.2.3.1.0", "1.2.3.1.1", "1.2.3.1.2"]
     );
     let patients = s
-        .find(&q(Level::Patient, &[("PatientID", "P1")]))
+        .find(&q(Level::Patient, &[("PatientID", "P1")]), &Scope::All)
         .await
         .unwrap();
     assert_eq!(patients.len(), 1);
@@ -254,28 +273,41 @@ async fn store_and_find_at_every_level() {
     let mut page = q(Level::Image, &[]);
     page.limit = Some(2);
     page.offset = 1;
-    assert_eq!(s.find(&page).await.unwrap().len(), 2);
+    assert_eq!(s.find(&page, &Scope::All).await.unwrap().len(), 2);
 
     // fuzzy
     let mut fz = Query::new(Level::Study);
     fz.add_key(by_keyword("PatientName").unwrap(), "jan", true)
         .unwrap();
-    assert_eq!(s.find(&fz).await.unwrap().len(), 1);
+    assert_eq!(s.find(&fz, &Scope::All).await.unwrap().len(), 1);
 
     // retrieval lists
     assert_eq!(
-        s.instances(Some("1.2.3"), None, None).await.unwrap().len(),
-        4
-    );
-    assert_eq!(
-        s.instances(Some("1.2.3"), Some("1.2.3.1"), Some("1.2.3.1.1"))
+        s.instances(Some("1.2.3"), None, None, &Scope::All)
             .await
             .unwrap()
             .len(),
+        4
+    );
+    assert_eq!(
+        s.instances(
+            Some("1.2.3"),
+            Some("1.2.3.1"),
+            Some("1.2.3.1.1"),
+            &Scope::All
+        )
+        .await
+        .unwrap()
+        .len(),
         1
     );
     let refs = s
-        .instances(Some("1.2.3"), Some("1.2.3.1"), Some("1.2.3.1.1"))
+        .instances(
+            Some("1.2.3"),
+            Some("1.2.3.1"),
+            Some("1.2.3.1.1"),
+            &Scope::All,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -290,6 +322,7 @@ async fn wildcard_metacharacters_are_literal_in_sql() {
     let e = env().await;
     e.store
         .store(
+            "site-a",
             info("1.5", "1.5.1", "1.5.1.1", &[(0x0010_0010, "100%_SURE")]),
             Bytes::from_static(b"a"),
         )
@@ -297,6 +330,7 @@ async fn wildcard_metacharacters_are_literal_in_sql() {
         .unwrap();
     e.store
         .store(
+            "site-a",
             info("1.6", "1.6.1", "1.6.1.1", &[(0x0010_0010, "100XYSURE")]),
             Bytes::from_static(b"a"),
         )
@@ -304,7 +338,7 @@ async fn wildcard_metacharacters_are_literal_in_sql() {
         .unwrap();
     assert_eq!(
         e.store
-            .find(&q(Level::Study, &[("PatientName", "100%_*")]))
+            .find(&q(Level::Study, &[("PatientName", "100%_*")]), &Scope::All)
             .await
             .unwrap()
             .len(),
@@ -312,7 +346,10 @@ async fn wildcard_metacharacters_are_literal_in_sql() {
     );
     assert_eq!(
         e.store
-            .find(&q(Level::Study, &[("PatientName", "' OR 1=1 --")]))
+            .find(
+                &q(Level::Study, &[("PatientName", "' OR 1=1 --")]),
+                &Scope::All
+            )
             .await
             .unwrap()
             .len(),
@@ -326,21 +363,21 @@ async fn duplicates_never_duplicate() {
     let a = info("1.7", "1.7.1", "1.7.1.1", &[]);
     assert_eq!(
         e.store
-            .store(a.clone(), Bytes::from_static(b"first"))
+            .store("site-a", a.clone(), Bytes::from_static(b"first"))
             .await
             .unwrap(),
         StoreOutcome::Stored
     );
     assert_eq!(
         e.store
-            .store(a.clone(), Bytes::from_static(b"second"))
+            .store("site-a", a.clone(), Bytes::from_static(b"second"))
             .await
             .unwrap(),
         StoreOutcome::Duplicate
     );
     let refs = e
         .store
-        .instances(None, None, Some("1.7.1.1"))
+        .instances(None, None, Some("1.7.1.1"), &Scope::All)
         .await
         .unwrap();
     assert_eq!(refs.len(), 1);
@@ -356,7 +393,9 @@ async fn duplicates_never_duplicate() {
         let s = e.store.clone();
         let b = b.clone();
         tasks.push(tokio::spawn(async move {
-            s.store(b, Bytes::from(vec![i; 10])).await.unwrap()
+            s.store("site-a", b, Bytes::from(vec![i; 10]))
+                .await
+                .unwrap()
         }));
     }
     let outcomes: Vec<_> = futures::future::join_all(tasks)
@@ -386,19 +425,19 @@ async fn replace_policy_replaces() {
     let e = env_with(DuplicatePolicy::Replace).await;
     let a = info("1.9", "1.9.1", "1.9.1.1", &[]);
     e.store
-        .store(a.clone(), Bytes::from_static(b"first"))
+        .store("site-a", a.clone(), Bytes::from_static(b"first"))
         .await
         .unwrap();
     assert_eq!(
         e.store
-            .store(a, Bytes::from_static(b"second"))
+            .store("site-a", a, Bytes::from_static(b"second"))
             .await
             .unwrap(),
         StoreOutcome::Replaced
     );
     let refs = e
         .store
-        .instances(None, None, Some("1.9.1.1"))
+        .instances(None, None, Some("1.9.1.1"), &Scope::All)
         .await
         .unwrap();
     assert_eq!(
@@ -414,6 +453,7 @@ async fn stable_event_fires_once_across_nodes_and_survives_restart() {
     let e = env().await;
     e.store
         .store(
+            "site-a",
             info("2.1", "2.1.1", "2.1.1.1", &[]),
             Bytes::from_static(b"a"),
         )
@@ -454,6 +494,7 @@ async fn stable_event_fires_once_across_nodes_and_survives_restart() {
     // A new instance makes it unstable again; it fires again later.
     e.store
         .store(
+            "site-a",
             info("2.1", "2.1.1", "2.1.1.2", &[]),
             Bytes::from_static(b"b"),
         )
@@ -469,6 +510,7 @@ async fn fsck_finds_missing_files() {
     let e = env().await;
     e.store
         .store(
+            "site-a",
             info("3.1", "3.1.1", "3.1.1.1", &[]),
             Bytes::from_static(b"a"),
         )
@@ -476,6 +518,7 @@ async fn fsck_finds_missing_files() {
         .unwrap();
     e.store
         .store(
+            "site-a",
             info("3.1", "3.1.1", "3.1.1.2", &[]),
             Bytes::from_static(b"b"),
         )
@@ -484,7 +527,7 @@ async fn fsck_finds_missing_files() {
     assert!(e.store.fsck().await.unwrap().is_consistent());
     let refs = e
         .store
-        .instances(None, None, Some("3.1.1.2"))
+        .instances(None, None, Some("3.1.1.2"), &Scope::All)
         .await
         .unwrap();
     std::fs::remove_file(e.store.blobs().local_path(&refs[0].key).unwrap()).unwrap();
@@ -498,7 +541,12 @@ async fn fsck_finds_missing_files() {
 async fn invalid_uids_never_become_keys() {
     let e = env().await;
     let bad = info("1.2.3", "1.2.3.1", "../../etc/passwd", &[]);
-    assert!(e.store.store(bad, Bytes::from_static(b"x")).await.is_err());
+    assert!(
+        e.store
+            .store("site-a", bad, Bytes::from_static(b"x"))
+            .await
+            .is_err()
+    );
     assert_eq!(e.store.counts().await.unwrap(), (0, 0, 0));
 }
 
@@ -510,6 +558,7 @@ async fn many_concurrent_stores_group_commit() {
         let s = e.store.clone();
         tasks.push(tokio::spawn(async move {
             s.store(
+                "site-a",
                 info(
                     "4.1",
                     &format!("4.1.{}", n % 4),
@@ -526,7 +575,11 @@ async fn many_concurrent_stores_group_commit() {
         assert_eq!(t.await.unwrap(), StoreOutcome::Stored);
     }
     assert_eq!(e.store.counts().await.unwrap(), (1, 4, 400));
-    let st = e.store.find(&q(Level::Study, &[])).await.unwrap();
+    let st = e
+        .store
+        .find(&q(Level::Study, &[]), &Scope::All)
+        .await
+        .unwrap();
     assert_eq!(st[0].get(0x0020_1208), Some("400"));
     assert_eq!(st[0].get(0x0020_1206), Some("4"));
 }
@@ -580,6 +633,7 @@ async fn sql_matching_agrees_with_pure_semantics() {
             ];
             e.store
                 .store(
+                    "site-a",
                     info(
                         &study,
                         &format!("{study}.{s}"),
@@ -703,7 +757,7 @@ async fn sql_matching_agrees_with_pure_semantics() {
         }
         let mut got: Vec<String> = e
             .store
-            .find(&q)
+            .find(&q, &Scope::All)
             .await
             .unwrap()
             .iter()
@@ -736,6 +790,7 @@ async fn audit_chain_is_linear_and_tamper_evident() {
     let e = env().await;
     e.store
         .store(
+            "site-a",
             info(
                 "7.1",
                 "7.1.1",
@@ -822,4 +877,199 @@ async fn audit_chain_is_linear_and_tamper_evident() {
         })
     );
     pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_see_only_their_studies() {
+    let e = env().await;
+    let s = &e.store;
+    s.put_site("site-a", "Site A").await.unwrap();
+    s.put_site("site-b", "Site B").await.unwrap();
+    s.store(
+        "site-a",
+        info("5.1", "5.1.1", "5.1.1.1", &[]),
+        Bytes::from_static(b"a"),
+    )
+    .await
+    .unwrap();
+    s.store(
+        "site-b",
+        info("5.2", "5.2.1", "5.2.1.1", &[]),
+        Bytes::from_static(b"b"),
+    )
+    .await
+    .unwrap();
+    // Another site may not add to a study it does not own; nothing is stored.
+    let err = s
+        .store(
+            "site-b",
+            info("5.1", "5.1.2", "5.1.2.1", &[]),
+            Bytes::from_static(b"x"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, meridian_store::StoreError::OtherSite),
+        "{err}"
+    );
+    assert!(!s.contains("5.1.2.1").await.unwrap());
+    let a = Scope::Site("site-a".into());
+    let study = |uid: &str| q(Level::Study, &[("StudyInstanceUID", uid)]);
+    assert_eq!(s.find(&q(Level::Study, &[]), &a).await.unwrap().len(), 1);
+    assert_eq!(s.find(&study("5.2"), &a).await.unwrap().len(), 0);
+    assert_eq!(s.find(&q(Level::Image, &[]), &a).await.unwrap().len(), 1);
+    assert_eq!(s.find(&q(Level::Patient, &[]), &a).await.unwrap().len(), 1);
+    assert!(
+        s.instances(Some("5.2"), None, None, &a)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.instances(Some("5.1"), None, None, &a)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.instances_for_query(&study("5.2"), &a)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.find(&q(Level::Study, &[]), &Scope::All)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        s.find(&q(Level::Study, &[]), &Scope::Nothing)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Grants.
+    let g = Scope::Granted("rad".into());
+    assert!(s.find(&q(Level::Study, &[]), &g).await.unwrap().is_empty());
+    s.grant("rad", "5.2", "admin").await.unwrap();
+    let rows = s.find(&q(Level::Study, &[]), &g).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get(0x0020_000D), Some("5.2"));
+    assert_eq!(
+        s.instances(None, None, Some("5.2.1.1"), &g)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(s.revoke_grant("rad", "5.2").await.unwrap());
+    assert!(
+        s.instances(None, None, Some("5.2.1.1"), &g)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.study_site("5.1").await.unwrap(),
+        Some(Some("site-a".into()))
+    );
+    assert_eq!(s.study_site("9.9").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_tokens_sessions_and_lockout() {
+    use meridian_auth::Role;
+    let e = env().await;
+    let s = &e.store;
+    s.put_site("site-a", "Site A").await.unwrap();
+    s.put_site_ae("CT01", "site-a", Some("10.0.0.5"))
+        .await
+        .unwrap();
+    assert!(s.put_site_ae("CT02", "nowhere", None).await.is_err());
+    assert_eq!(
+        s.sites().await.unwrap()[0].ae_titles,
+        vec!["CT01".to_owned()]
+    );
+    s.add_user(
+        "alice",
+        Role::Site,
+        Some("site-a"),
+        Some("$argon2id$x"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        s.add_user("alice", Role::Admin, None, None, None)
+            .await
+            .is_err()
+    );
+    assert!(
+        s.add_user("bad name", Role::Admin, None, None, None)
+            .await
+            .is_err()
+    );
+    let u = s.user("alice").await.unwrap().unwrap();
+    assert_eq!(u.role, "site");
+    assert_eq!(u.site_id.as_deref(), Some("site-a"));
+    // Lockout after 3 failures.
+    assert_eq!(s.login_failed("alice", 3, 60_000).await.unwrap(), 0);
+    assert_eq!(s.login_failed("alice", 3, 60_000).await.unwrap(), 0);
+    assert!(s.login_failed("alice", 3, 60_000).await.unwrap() > meridian_store::now_ms());
+    s.login_succeeded("alice").await.unwrap();
+    assert_eq!(s.user("alice").await.unwrap().unwrap().locked_until, 0);
+    // TOTP steps cannot be replayed.
+    s.set_totp_secret("alice", Some("JBSWY3DPEHPK3PXP"))
+        .await
+        .unwrap();
+    assert!(s.use_totp_step("alice", 100).await.unwrap());
+    assert!(!s.use_totp_step("alice", 100).await.unwrap());
+    assert!(s.use_totp_step("alice", 101).await.unwrap());
+    // Sessions end on disable.
+    s.create_session("h1", "alice", "c1", meridian_store::now_ms() + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(s.session("h1").await.unwrap().unwrap().username, "alice");
+    s.create_session("h0", "alice", "c0", meridian_store::now_ms() - 1)
+        .await
+        .unwrap();
+    assert!(s.session("h0").await.unwrap().is_none(), "expired");
+    assert!(s.set_user_disabled("alice", true).await.unwrap());
+    assert!(s.session("h1").await.unwrap().is_none());
+    // Tokens.
+    s.create_token(
+        "abc",
+        "hash",
+        "gw",
+        Role::Service,
+        Some("site-a"),
+        "admin",
+        i64::MAX,
+    )
+    .await
+    .unwrap();
+    let t = s.token("abc").await.unwrap().unwrap();
+    assert_eq!((t.role.as_str(), t.revoked_at), ("service", None));
+    assert!(s.revoke_token("abc").await.unwrap());
+    assert!(!s.revoke_token("abc").await.unwrap());
+    assert!(s.token("abc").await.unwrap().unwrap().revoked_at.is_some());
+    // OIDC users cannot take over a local account.
+    assert!(
+        s.upsert_oidc_user("alice", "sub-1", Role::Admin, None)
+            .await
+            .is_err()
+    );
+    let o = s
+        .upsert_oidc_user("olga", "sub-2", Role::Radiologist, None)
+        .await
+        .unwrap();
+    assert_eq!(o.role, "radiologist");
+    let o = s
+        .upsert_oidc_user("olga", "sub-2", Role::Auditor, None)
+        .await
+        .unwrap();
+    assert_eq!(o.role, "auditor");
 }
