@@ -60,9 +60,7 @@ impl std::str::FromStr for Role {
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
-                format!(
-                    "unknown role {s:?} (admin, radiologist, site, referrer, auditor, service)"
-                )
+                format!("unknown role {s:?} (admin, radiologist, site, referrer, auditor, service)")
             })
     }
 }
@@ -250,7 +248,10 @@ mod tests {
         assert_eq!(p(Role::Site, None).scope(), Scope::Nothing);
         assert_eq!(p(Role::Service, None).scope(), Scope::All);
         assert_eq!(p(Role::Service, Some("b")).scope(), Scope::Site("b".into()));
-        assert_eq!(p(Role::Radiologist, None).scope(), Scope::Granted("u".into()));
+        assert_eq!(
+            p(Role::Radiologist, None).scope(),
+            Scope::Granted("u".into())
+        );
         assert_eq!(p(Role::Auditor, None).scope(), Scope::Nothing);
         assert!(site_visible(&Scope::Site("a".into()), Some("a")));
         assert!(!site_visible(&Scope::Site("a".into()), Some("b")));

@@ -6,5 +6,5 @@ pub mod msg;
 pub mod scp;
 pub mod scu;
 
-pub use scp::{Peer, Scp, ScpConfig};
+pub use scp::{AeRegistry, Peer, QUARANTINE_SITE, Scp, ScpConfig};
 pub use scu::StoreScu;

@@ -10,9 +10,11 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use dicom_ul::association::Association;
 use dicom_ul::association::server::{
-    AcceptAny, AsyncServerAssociation, Negotiation, ServerAssociationOptions,
+    AccessControl, AsyncServerAssociation, Negotiation, ServerAssociationOptions,
 };
+use dicom_ul::pdu::{AssociationRJServiceUserReason, UserIdentity};
 use dicom_ul::pdu::{PresentationContextResultReason, RequestorRoles};
+use meridian_auth::{Principal, PrincipalKind, Role, Scope};
 use meridian_core::attrs::{self, Level};
 use meridian_core::{Query, QueryError};
 use meridian_dicom::parse::{self, Limits};
@@ -20,6 +22,8 @@ use meridian_dicom::sop;
 use meridian_store::ingest::{Ingest, Input};
 use meridian_store::{InstanceRef, Store};
 use prometheus::IntGauge;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -33,10 +37,98 @@ static OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
 });
 
 tokio::task_local! {
+    /// Who is on the other end of this association: its site and data scope.
+    static CALLER: Principal;
     /// The status of the last response this association sent (for the audit record).
     static LAST_STATUS: std::cell::Cell<u16>;
     /// Instances stored in this association, by study (one audit record per study).
     static STORED: std::cell::RefCell<std::collections::BTreeMap<String, u32>>;
+}
+
+/// The data scope of this association's caller (nothing outside an association).
+fn scope() -> Scope {
+    CALLER.try_with(Principal::scope).unwrap_or(Scope::Nothing)
+}
+
+/// The site of this association's caller.
+fn caller_site() -> Option<String> {
+    CALLER.try_with(|p| p.site.clone()).ok().flatten()
+}
+
+/// The site a calling AE belongs to; the only site unknown AE titles reach is
+/// the quarantine site, and only when configured.
+pub const QUARANTINE_SITE: &str = "quarantine";
+
+/// Calling AE titles registered to sites (optionally bound to a source IP),
+/// loaded from the index and reloaded on change.
+#[derive(Clone, Default)]
+pub struct AeRegistry {
+    map: Arc<std::sync::RwLock<HashMap<String, (String, Option<IpAddr>)>>>,
+    quarantine: bool,
+}
+
+impl AeRegistry {
+    pub fn new(quarantine_unknown: bool) -> AeRegistry {
+        AeRegistry {
+            map: Arc::default(),
+            quarantine: quarantine_unknown,
+        }
+    }
+
+    /// Replaces the registrations.
+    pub fn load(&self, aes: Vec<meridian_store::accounts::SiteAe>) {
+        let m: HashMap<String, (String, Option<IpAddr>)> = aes
+            .into_iter()
+            .map(|a| {
+                let ip = a.host.as_deref().and_then(|h| h.parse().ok());
+                (a.ae_title, (a.site_id, ip))
+            })
+            .collect();
+        *self.map.write().unwrap_or_else(|e| e.into_inner()) = m;
+    }
+
+    /// The site of a calling AE, if it may connect from `ip`.
+    pub fn site_of(&self, calling: &str, ip: IpAddr) -> Result<String, &'static str> {
+        let m = self.map.read().unwrap_or_else(|e| e.into_inner());
+        match m.get(calling.trim()) {
+            Some((site, None)) => Ok(site.clone()),
+            Some((site, Some(want))) if *want == ip => Ok(site.clone()),
+            Some(_) => Err("calling AE title is registered for another address"),
+            None if self.quarantine => Ok(QUARANTINE_SITE.to_owned()),
+            None => Err("calling AE title is not registered to a site"),
+        }
+    }
+
+    fn known(&self, calling: &str) -> bool {
+        self.quarantine
+            || self
+                .map
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(calling.trim())
+    }
+}
+
+/// Association access control: unknown calling AE titles get A-ASSOCIATE-RJ
+/// (permanent, calling AE title not recognized).
+#[derive(Clone)]
+pub struct AeCheck(AeRegistry);
+
+impl AccessControl for AeCheck {
+    fn check_access(
+        &self,
+        _this_ae_title: &str,
+        calling_ae_title: &str,
+        _called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        if self.0.known(calling_ae_title) {
+            Ok(())
+        } else {
+            tracing::warn!(calling = %calling_ae_title, "association rejected: calling AE title not registered");
+            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+        }
+    }
 }
 
 fn set_status(status: u16) {
@@ -108,8 +200,9 @@ impl Negotiation for RoleNegotiation {
 pub struct Scp {
     cfg: ScpConfig,
     ingest: Ingest,
-    options: ServerAssociationOptions<'static, AcceptAny, RoleNegotiation>,
+    options: ServerAssociationOptions<'static, AeCheck, RoleNegotiation>,
     slots: Arc<Semaphore>,
+    registry: AeRegistry,
 }
 
 const SERVICE_CLASSES: &[&str] = &[
@@ -123,10 +216,10 @@ const SERVICE_CLASSES: &[&str] = &[
 ];
 
 impl Scp {
-    pub fn new(cfg: ScpConfig, ingest: Ingest) -> Arc<Scp> {
+    pub fn new(cfg: ScpConfig, ingest: Ingest, registry: AeRegistry) -> Arc<Scp> {
         LazyLock::force(&OPEN);
         let mut options = ServerAssociationOptions::new()
-            .accept_any()
+            .ae_access_control(AeCheck(registry.clone()))
             .ae_title(cfg.ae_title.clone())
             .max_pdu_length(cfg.max_pdu)
             // Non-strict: an A-ASSOCIATE-RQ proposing ~120 storage contexts is
@@ -152,6 +245,7 @@ impl Scp {
             ingest,
             options,
             slots,
+            registry,
         })
     }
 
@@ -186,9 +280,35 @@ impl Scp {
 
     async fn association(&self, sock: TcpStream, peer: SocketAddr) -> Result<(), DimseError> {
         let mut assoc = self.options.establish_async(sock).await?;
-        let calling = assoc.peer_ae_title().to_owned();
-        tracing::debug!(%peer, calling = %calling, "association accepted");
-        let r = self.messages(&mut assoc, &calling, peer).await;
+        let calling = assoc.peer_ae_title().trim().to_owned();
+        let site = match self.registry.site_of(&calling, peer.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                // Registered, but from another address: accepted by the title, refused here.
+                tracing::warn!(%peer, calling = %calling, why, "association aborted");
+                self.audit(
+                    &calling,
+                    peer,
+                    "DENIED association".into(),
+                    None,
+                    "denied".into(),
+                    why.into(),
+                )
+                .await;
+                assoc.abort().await.ok();
+                return Ok(());
+            }
+        };
+        tracing::debug!(%peer, calling = %calling, %site, "association accepted");
+        let who = Principal {
+            name: format!("ae:{calling}"),
+            kind: PrincipalKind::Ae,
+            role: Role::Service,
+            site: Some(site),
+        };
+        let r = CALLER
+            .scope(who, self.messages(&mut assoc, &calling, peer))
+            .await;
         // One audit record per study whose instances arrived on this association.
         let stored = STORED
             .try_with(|s| std::mem::take(&mut *s.borrow_mut()))
@@ -220,8 +340,8 @@ impl Scp {
     ) {
         let ev = meridian_audit::AuditEvent {
             at_ms: meridian_store::now_ms(),
-            actor: calling.to_owned(),
-            role: "dicom-ae".into(),
+            actor: format!("ae:{calling}"),
+            role: "service".into(),
             action,
             study_uid: study,
             source: peer.to_string(),
@@ -358,7 +478,12 @@ impl Scp {
                     sop_instance: sop_uid.clone(),
                     source_ae: calling.to_owned(),
                 };
-                match self.ingest.ingest(input).await {
+                let Some(site) = caller_site() else {
+                    return Err(DimseError::Unexpected(
+                        "no site for this association".into(),
+                    ));
+                };
+                match self.ingest.ingest(&site, input).await {
                     Ok((info, _)) => {
                         let _ = STORED
                             .try_with(|s| *s.borrow_mut().entry(info.study_uid).or_insert(0) += 1);
@@ -459,7 +584,7 @@ impl Scp {
                 return msg::send(assoc, m.pc_id, rsp(status, false, Some(&comment))?, None).await;
             }
         };
-        let rows = match self.store().find(&q).await {
+        let rows = match self.store().find(&q, &scope()).await {
             Ok(r) => r,
             Err(e) => {
                 return msg::send(
@@ -729,7 +854,7 @@ impl Scp {
             return Err((0xA900, "a retrieve needs at least one unique key".into()));
         }
         self.store()
-            .instances_for_query(&q)
+            .instances_for_query(&q, &scope())
             .await
             .map_err(|e| (0xA701, e.to_string()))
     }

@@ -188,3 +188,78 @@ pub(crate) async fn records(
     };
     Ok(rows.into_iter().map(to_record).collect())
 }
+
+/// What an auditor searches by; every field is optional and they combine with AND.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct AuditFilter {
+    pub patient_id: Option<String>,
+    pub issuer: Option<String>,
+    /// Actor: user name, `token:ID...` or `ae:TITLE` (exact).
+    pub actor: Option<String>,
+    pub study_uid: Option<String>,
+    /// UTC milliseconds, inclusive.
+    pub from_ms: Option<i64>,
+    /// UTC milliseconds, exclusive.
+    pub to_ms: Option<i64>,
+    /// Records after this sequence number (paging).
+    pub after_seq: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+/// Records matching a filter, oldest first, bounded.
+pub(crate) async fn search(db: &Db, f: &AuditFilter) -> Result<Vec<Record>, StoreError> {
+    let mut conds: Vec<String> = Vec::new();
+    let mut texts: Vec<(usize, String)> = Vec::new();
+    let mut ints: Vec<(usize, i64)> = Vec::new();
+    let mut n = 0usize;
+    let mut text = |conds: &mut Vec<String>, col: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            n += 1;
+            conds.push(format!("{col} = ${n}"));
+            texts.push((n, v.clone()));
+        }
+    };
+    text(&mut conds, "patient_id", &f.patient_id);
+    text(&mut conds, "issuer", &f.issuer);
+    text(&mut conds, "actor", &f.actor);
+    text(&mut conds, "study_uid", &f.study_uid);
+    for (col, op, v) in [
+        ("at", ">=", f.from_ms),
+        ("at", "<", f.to_ms),
+        ("seq", ">", f.after_seq),
+    ] {
+        if let Some(v) = v {
+            n += 1;
+            conds.push(format!("{col} {op} ${n}"));
+            ints.push((n, v));
+        }
+    }
+    n += 1;
+    let limit_p = n;
+    ints.push((n, f.limit.unwrap_or(1000).clamp(1, 10_000)));
+    let where_ = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    let sql = format!("SELECT {COLS} FROM audit_log{where_} ORDER BY seq LIMIT ${limit_p}");
+    // Bind in placeholder order.
+    let mut binds: Vec<(usize, Result<String, i64>)> = texts
+        .into_iter()
+        .map(|(i, t)| (i, Ok(t)))
+        .chain(ints.into_iter().map(|(i, v)| (i, Err(v))))
+        .collect();
+    binds.sort_by_key(|b| b.0);
+    let mut q = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql));
+    for (_, b) in binds {
+        q = match b {
+            Ok(t) => q.bind(t),
+            Err(i) => q.bind(i),
+        };
+    }
+    Ok(q.fetch_all(&db.pool)
+        .await?
+        .into_iter()
+        .map(to_record)
+        .collect())
+}

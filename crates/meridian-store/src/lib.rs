@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use audit::AuditFilter;
 pub use blobs::Blobs;
 pub use db::DbKind;
 pub use meridian_auth::Scope;
@@ -275,6 +276,14 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<meridian_audit::Record>, StoreError> {
         audit::records(&self.inner.db, study_uid, limit).await
+    }
+
+    /// Audit records matching a filter (auditor search), oldest first.
+    pub async fn audit_search(
+        &self,
+        f: &AuditFilter,
+    ) -> Result<Vec<meridian_audit::Record>, StoreError> {
+        audit::search(&self.inner.db, f).await
     }
 
     /// Whether an instance is indexed.

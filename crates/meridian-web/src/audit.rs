@@ -1,17 +1,9 @@
-//! Every DICOMweb request is an access to patient data: one audit record
-//! each, written durably before the response leaves.
+//! How a DICOMweb access is named in the audit trail (the record itself is
+//! written by the guard in `auth`).
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use meridian_audit::AuditEvent;
 
-use crate::{ApiError, AppState};
-
-fn kind(method: &Method, path: &str) -> &'static str {
+pub(crate) fn kind(method: &Method, path: &str) -> &'static str {
     if method == Method::POST {
         return "STOW-RS";
     }
@@ -32,50 +24,11 @@ fn kind(method: &Method, path: &str) -> &'static str {
 }
 
 /// The study UID in a DICOMweb path, if any and valid.
-fn study_of(path: &str) -> Option<String> {
+pub(crate) fn study_of(path: &str) -> Option<String> {
     let mut it = path.split('/');
     it.find(|s| *s == "studies")?;
     let uid = it.next()?;
     meridian_core::validate_uid(uid).ok().map(str::to_owned)
-}
-
-pub async fn record(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let query: String = req.uri().query().unwrap_or("").chars().take(512).collect();
-    let source = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_default();
-    let resp = next.run(req).await;
-    let event = AuditEvent {
-        at_ms: meridian_store::now_ms(),
-        // Accounts arrive with the security layer; until then every caller is anonymous.
-        actor: "anonymous".into(),
-        role: "none".into(),
-        action: format!("{} {method} {route}", kind(&method, &path)),
-        study_uid: study_of(&path),
-        source,
-        outcome: resp.status().as_u16().to_string(),
-        detail: query,
-        ..Default::default()
-    };
-    match st.store.audit(event).await {
-        Ok(_) => resp,
-        // An access that cannot be audited is not served.
-        Err(e) => ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "Audit unavailable",
-            e.to_string(),
-        )
-        .into_response(),
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,11 @@
 //! rendered/thumbnail), `/healthz`, `/metrics`, and the optional viewer.
 //! Thin: matching, parsing and storage live in the lower crates.
 
+mod account;
+mod admin;
 mod audit;
+mod auditlog;
+pub mod auth;
 mod error;
 mod multipart;
 mod qido;
@@ -11,17 +15,19 @@ mod viewer;
 mod wado;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use meridian_auth::Permission::{self, AuditRead, Authenticated, ImagesRead, ImagesStore, Public};
 use meridian_store::Store;
 use meridian_store::ingest::Ingest;
 use tower_http::trace::TraceLayer;
 
+pub use auth::{AuditKind, RouteSpec, Throttle};
 pub use error::ApiError;
 
 /// Web settings.
@@ -33,6 +39,12 @@ pub struct WebConfig {
     pub viewer_dir: Option<PathBuf>,
     /// The listening port, for URLs when a client's Host header has none.
     pub http_port: u16,
+    /// Cookies carry `Secure` (served over TLS).
+    pub secure_cookies: bool,
+    /// Session lifetime.
+    pub session_ttl_ms: i64,
+    /// "Sign in with SSO" is offered.
+    pub oidc_enabled: bool,
 }
 
 /// Shared state of the HTTP handlers.
@@ -41,91 +53,137 @@ pub struct AppState {
     pub store: Store,
     pub ingest: Ingest,
     pub cfg: Arc<WebConfig>,
+    /// Failed sign-ins per client address.
+    pub throttle: Arc<Throttle>,
+    /// Signalled when AE title registrations change (the DIMSE side reloads them).
+    pub ae_changed: Arc<tokio::sync::Notify>,
+    /// The route table, for `/api/routes`.
+    pub routes: Arc<OnceLock<Vec<RouteSpec>>>,
+}
+
+impl AppState {
+    pub fn new(store: Store, ingest: Ingest, cfg: WebConfig) -> AppState {
+        AppState {
+            store,
+            ingest,
+            cfg: Arc::new(cfg),
+            throttle: Arc::default(),
+            ae_changed: Arc::default(),
+            routes: Arc::default(),
+        }
+    }
+}
+
+use AuditKind::{AuditLog, Config, PatientData};
+const NO: AuditKind = AuditKind::None;
+const ADMIN: Permission = Permission::Admin;
+
+/// Every route with its permission: the one policy of the HTTP side.
+fn routes(state: &AppState) -> auth::Routes {
+    auth::Routes::new(state.clone())
+        .get("/healthz", Public, NO, healthz)
+        .get("/metrics", Public, NO, metrics)
+        .get("/app-config.js", Public, NO, viewer::app_config)
+        .get("/login", Public, NO, account::login_page)
+        .get("/login.js", Public, NO, account::login_js)
+        .get("/login.css", Public, NO, account::login_css)
+        .post("/auth/login", Public, NO, account::login)
+        .post("/auth/logout", Authenticated, NO, account::logout)
+        .get("/api/me", Authenticated, NO, account::me)
+        .post("/api/me/totp/begin", Authenticated, NO, account::totp_begin)
+        .post("/api/me/totp", Authenticated, Config, account::totp_enable)
+        .post("/api/me/totp/disable", Authenticated, Config, account::totp_disable)
+        .get("/api/routes", Authenticated, NO, route_list)
+        // DICOMweb
+        .get("/dicom-web/studies", ImagesRead, PatientData, qido::studies)
+        .post("/dicom-web/studies", ImagesStore, PatientData, stow::stow)
+        .get("/dicom-web/series", ImagesRead, PatientData, qido::all_series)
+        .get("/dicom-web/instances", ImagesRead, PatientData, qido::all_instances)
+        .get("/dicom-web/studies/{study}", ImagesRead, PatientData, wado::study)
+        .post("/dicom-web/studies/{study}", ImagesStore, PatientData, stow::stow_study)
+        .get("/dicom-web/studies/{study}/metadata", ImagesRead, PatientData, wado::study_metadata)
+        .get("/dicom-web/studies/{study}/rendered", ImagesRead, PatientData, wado::study_rendered)
+        .get("/dicom-web/studies/{study}/thumbnail", ImagesRead, PatientData, wado::study_thumbnail)
+        .get("/dicom-web/studies/{study}/series", ImagesRead, PatientData, qido::study_series)
+        .get("/dicom-web/studies/{study}/instances", ImagesRead, PatientData, qido::study_instances)
+        .get("/dicom-web/studies/{study}/series/{series}", ImagesRead, PatientData, wado::series)
+        .get("/dicom-web/studies/{study}/series/{series}/metadata", ImagesRead, PatientData, wado::series_metadata)
+        .get("/dicom-web/studies/{study}/series/{series}/rendered", ImagesRead, PatientData, wado::series_rendered)
+        .get("/dicom-web/studies/{study}/series/{series}/thumbnail", ImagesRead, PatientData, wado::series_thumbnail)
+        .get("/dicom-web/studies/{study}/series/{series}/instances", ImagesRead, PatientData, qido::series_instances)
+        .get("/dicom-web/studies/{study}/series/{series}/instances/{instance}", ImagesRead, PatientData, wado::instance)
+        .get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/metadata", ImagesRead, PatientData, wado::instance_metadata)
+        .get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/rendered", ImagesRead, PatientData, wado::instance_rendered)
+        .get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/thumbnail", ImagesRead, PatientData, wado::instance_thumbnail)
+        .get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", ImagesRead, PatientData, wado::frames)
+        .get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", ImagesRead, PatientData, wado::frame_rendered)
+        .get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", ImagesRead, PatientData, wado::frame_thumbnail)
+        .get("/dicom-web/studies/{study}/series/{series}/instances/{instance}/bulkdata/{*path}", ImagesRead, PatientData, wado::bulkdata)
+        // Administration
+        .get("/api/admin/users", ADMIN, NO, admin::users)
+        .post("/api/admin/users", ADMIN, Config, admin::add_user)
+        .post("/api/admin/users/{username}/disable", ADMIN, Config, admin::disable_user)
+        .post("/api/admin/users/{username}/enable", ADMIN, Config, admin::enable_user)
+        .post("/api/admin/users/{username}/password", ADMIN, Config, admin::set_password)
+        .get("/api/admin/tokens", ADMIN, NO, admin::tokens)
+        .post("/api/admin/tokens", ADMIN, Config, admin::add_token)
+        .delete("/api/admin/tokens/{token_id}", ADMIN, Config, admin::revoke_token)
+        .get("/api/admin/sites", ADMIN, NO, admin::sites)
+        .post("/api/admin/sites", ADMIN, Config, admin::put_site)
+        .put("/api/admin/sites/{site}/aes/{ae}", ADMIN, Config, admin::put_ae)
+        .delete("/api/admin/aes/{ae}", ADMIN, Config, admin::delete_ae)
+        .post("/api/admin/grants", ADMIN, Config, admin::grant)
+        .delete("/api/admin/grants/{username}/{study}", ADMIN, Config, admin::revoke_grant)
+        // Audit
+        .get("/api/audit", AuditRead, AuditLog, auditlog::search)
 }
 
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
     let max_request = state.cfg.max_request;
-    let dw = Router::new()
-        .route("/studies", get(qido::studies).post(stow::stow))
-        .route("/studies/{study}", get(wado::study).post(stow::stow_study))
-        .route("/studies/{study}/metadata", get(wado::study_metadata))
-        .route("/studies/{study}/rendered", get(wado::study_rendered))
-        .route("/studies/{study}/thumbnail", get(wado::study_thumbnail))
-        .route("/studies/{study}/series", get(qido::study_series))
-        .route("/studies/{study}/instances", get(qido::study_instances))
-        .route("/studies/{study}/series/{series}", get(wado::series))
-        .route(
-            "/studies/{study}/series/{series}/metadata",
-            get(wado::series_metadata),
-        )
-        .route(
-            "/studies/{study}/series/{series}/rendered",
-            get(wado::series_rendered),
-        )
-        .route(
-            "/studies/{study}/series/{series}/thumbnail",
-            get(wado::series_thumbnail),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances",
-            get(qido::series_instances),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}",
-            get(wado::instance),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}/metadata",
-            get(wado::instance_metadata),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}/rendered",
-            get(wado::instance_rendered),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}/thumbnail",
-            get(wado::instance_thumbnail),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
-            get(wado::frames),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
-            get(wado::frame_rendered),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail",
-            get(wado::frame_thumbnail),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{*path}",
-            get(wado::bulkdata),
-        )
-        .route("/series", get(qido::all_series))
-        .route("/instances", get(qido::all_instances))
-        .fallback(|| async { ApiError::not_found("no such DICOMweb resource") })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            audit::record,
-        ))
-        .layer(DefaultBodyLimit::max(max_request));
-    let mut app = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/app-config.js", get(viewer::app_config))
-        .nest("/dicom-web", dw);
+    let mut r = routes(&state);
+    if state.cfg.viewer_dir.is_none() {
+        r = r.get("/", Public, NO, index);
+    }
+    let (mut app, specs) = r.finish();
+    state.routes.set(specs).ok();
     app = match &state.cfg.viewer_dir {
-        Some(dir) => app.fallback_service(viewer::service(dir).with_state(())),
-        None => app
-            .route("/", get(index))
-            .fallback(|| async { ApiError::not_found("not found") }),
+        Some(dir) => app.fallback_service(viewer::service(dir).with_state(()).layer(
+            axum::middleware::from_fn_with_state(state.clone(), viewer_gate),
+        )),
+        None => app.fallback(|| async { ApiError::not_found("not found") }),
     };
-    app.layer(compression())
+    app.layer(DefaultBodyLimit::max(max_request))
+        .layer(compression())
         .layer(TraceLayer::new_for_http())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// `GET /api/routes`: every route with its permission and audit class.
+async fn route_list(State(st): State<AppState>) -> Response {
+    axum::Json(st.routes.get().cloned().unwrap_or_default()).into_response()
+}
+
+/// The viewer's pages (not its assets) need a signed-in user: others go to /login.
+async fn viewer_gate(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let last = path.rsplit('/').next().unwrap_or("");
+    let page = last.is_empty() || !last.contains('.') || last.ends_with(".html");
+    if page && !matches!(auth::resolve(&st, req.headers()).await, Ok(Some(_))) {
+        let next_q: String = path
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        return Redirect::to(&format!("/login?next={next_q}")).into_response();
+    }
+    next.run(req).await
 }
 
 /// gzip for text-like responses (DICOM JSON, the viewer's scripts and styles) when the
@@ -153,6 +211,27 @@ fn compression()
 
 async fn security_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
+    // Meridian's own pages and API responses: nothing inline, nothing foreign, never framed.
+    // The viewer (OHIF, served as files) gets a looser policy it can run under.
+    let html_viewer = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/html"))
+        && !h.contains_key("x-meridian-page");
+    let csp = if html_viewer {
+        "frame-ancestors 'none'; object-src 'none'; base-uri 'self'"
+    } else {
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; object-src 'none'; base-uri 'none'; form-action 'self'"
+    };
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(csp),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.remove("x-meridian-page");
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         header::HeaderValue::from_static("nosniff"),
@@ -200,7 +279,14 @@ async fn index() -> Response {
     let body = "<!doctype html><meta charset=utf-8><title>Meridian</title><h1>Meridian</h1>\
         <p>DICOMweb at <a href=\"/dicom-web/studies\">/dicom-web</a>, health at <a href=\"/healthz\">/healthz</a>, \
         metrics at <a href=\"/metrics\">/metrics</a>. Start with <code>--viewer-dir</code> to serve a viewer here.</p>";
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::HeaderName::from_static("x-meridian-page"), "1"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// The base URL of the request (scheme and host), for RetrieveURL and BulkDataURI.

@@ -1,6 +1,6 @@
 //! QIDO-RS (PS3.18 10.6): the same matching as C-FIND, over the index.
 
-use axum::extract::{Path, Query as Q, State};
+use axum::extract::{Path, Query as Q};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use meridian_core::attrs::{self, Level};
@@ -9,25 +9,26 @@ use meridian_dicom::json::string_attr;
 use meridian_store::QueryRow;
 use serde_json::{Map, Value as J, json};
 
+use crate::auth::{Authed, Req};
+use crate::base_url;
 use crate::error::{ApiError, uid};
-use crate::{AppState, base_url};
 
 const DEFAULT_LIMIT: u64 = 1000;
 const MAX_LIMIT: u64 = 10_000;
 
 type Params = Q<Vec<(String, String)>>;
 
-pub async fn studies(State(st): State<AppState>, h: HeaderMap, Q(p): Params) -> Response {
+pub async fn studies(Authed(st): Authed, h: HeaderMap, Q(p): Params) -> Response {
     run(st, h, p, Level::Study, &[]).await
 }
-pub async fn all_series(State(st): State<AppState>, h: HeaderMap, Q(p): Params) -> Response {
+pub async fn all_series(Authed(st): Authed, h: HeaderMap, Q(p): Params) -> Response {
     run(st, h, p, Level::Series, &[]).await
 }
-pub async fn all_instances(State(st): State<AppState>, h: HeaderMap, Q(p): Params) -> Response {
+pub async fn all_instances(Authed(st): Authed, h: HeaderMap, Q(p): Params) -> Response {
     run(st, h, p, Level::Image, &[]).await
 }
 pub async fn study_series(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path(study): Path<String>,
     h: HeaderMap,
     Q(p): Params,
@@ -35,7 +36,7 @@ pub async fn study_series(
     run(st, h, p, Level::Series, &[(0x0020_000D, study)]).await
 }
 pub async fn study_instances(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path(study): Path<String>,
     h: HeaderMap,
     Q(p): Params,
@@ -43,7 +44,7 @@ pub async fn study_instances(
     run(st, h, p, Level::Image, &[(0x0020_000D, study)]).await
 }
 pub async fn series_instances(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series)): Path<(String, String)>,
     h: HeaderMap,
     Q(p): Params,
@@ -59,7 +60,7 @@ pub async fn series_instances(
 }
 
 async fn run(
-    st: AppState,
+    st: Req,
     h: HeaderMap,
     params: Vec<(String, String)>,
     level: Level,
@@ -76,7 +77,7 @@ fn qerr(e: QueryError) -> ApiError {
 }
 
 async fn search(
-    st: &AppState,
+    st: &Req,
     h: &HeaderMap,
     params: Vec<(String, String)>,
     level: Level,
@@ -141,7 +142,7 @@ async fn search(
             }
         }
     }
-    let rows = st.store.find(&q).await?;
+    let rows = st.store.find(&q, &st.scope()).await?;
     let base = base_url(h, st.cfg.http_port);
     let out: Vec<J> = rows.iter().map(|r| row_json(r, &q, &base)).collect();
     let mut resp = (

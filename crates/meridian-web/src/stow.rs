@@ -2,24 +2,25 @@
 //! the response lists what was stored and what failed, and why.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use meridian_store::ingest::{IngestError, Input};
 use serde_json::{Value as J, json};
 
+use crate::auth::{Authed, Req};
+use crate::base_url;
 use crate::error::{ApiError, uid};
-use crate::{AppState, base_url};
 
-pub async fn stow(State(st): State<AppState>, h: HeaderMap, body: Body) -> Response {
+pub async fn stow(Authed(st): Authed, h: HeaderMap, body: Body) -> Response {
     run(st, h, None, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn stow_study(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path(study): Path<String>,
     h: HeaderMap,
     body: Body,
@@ -62,7 +63,7 @@ struct Outcome {
 }
 
 async fn run(
-    st: AppState,
+    st: Req,
     h: HeaderMap,
     study: Option<String>,
     body: Body,
@@ -70,6 +71,13 @@ async fn run(
     if let Some(s) = &study {
         uid(s)?;
     }
+    let Some(site) = st.who.store_site().map(str::to_owned) else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "this credential has no site: stored studies must belong to one (use a site-scoped token or account)",
+        ));
+    };
     let ct = h
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -107,7 +115,7 @@ async fn run(
                     e.to_string(),
                 )
             })?;
-        outcomes.push(store_one(&st, bytes, study.clone()).await);
+        outcomes.push(store_one(&st, &site, bytes, study.clone()).await);
     } else if media == "multipart/related" {
         let part_type = ct.split(';').find_map(|p| {
             p.split_once('=')
@@ -172,7 +180,7 @@ async fn run(
                 continue;
             }
             match field.bytes().await {
-                Ok(bytes) => outcomes.push(store_one(&st, bytes, study.clone()).await),
+                Ok(bytes) => outcomes.push(store_one(&st, &site, bytes, study.clone()).await),
                 Err(e) if too_large(&e) => {
                     return Err(ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -237,7 +245,10 @@ async fn run(
     // RetrieveURL of each referenced instance needs its study/series: look them up.
     for r in referenced.iter_mut() {
         let sop = r["00081155"]["Value"][0].as_str().unwrap_or("").to_owned();
-        if let Ok(v) = st.store.instances(None, None, Some(&sop)).await
+        if let Ok(v) = st
+            .store
+            .instances(None, None, Some(&sop), &st.scope())
+            .await
             && let Some(i) = v.first()
         {
             study_of_first.get_or_insert_with(|| i.study_uid.clone());
@@ -272,7 +283,7 @@ async fn run(
         .into_response())
 }
 
-async fn store_one(st: &AppState, bytes: Bytes, study: Option<String>) -> Outcome {
+async fn store_one(st: &Req, site: &str, bytes: Bytes, study: Option<String>) -> Outcome {
     // Identify the instance from the meta group for the failure report, if we can.
     let meta = meridian_dicom::parse::split_part10(&bytes).ok();
     let (mc, mi) = meta
@@ -285,10 +296,13 @@ async fn store_one(st: &AppState, bytes: Bytes, study: Option<String>) -> Outcom
         .unwrap_or_default();
     match st
         .ingest
-        .ingest(Input::Part10 {
-            bytes,
-            expect_study: study,
-        })
+        .ingest(
+            site,
+            Input::Part10 {
+                bytes,
+                expect_study: study,
+            },
+        )
         .await
     {
         Ok((info, _)) => Outcome {
@@ -300,6 +314,7 @@ async fn store_one(st: &AppState, bytes: Bytes, study: Option<String>) -> Outcom
             let code = match &e {
                 IngestError::Parse(p) => p.dimse_status(),
                 IngestError::NotStorage(_) => 0x0122,
+                IngestError::Store(meridian_store::StoreError::OtherSite) => 0x0124,
                 IngestError::Store(_) | IngestError::Busy => 0xA700,
             };
             let valid = |u: &str| meridian_core::validate_uid(u).is_ok();

@@ -2,7 +2,7 @@
 //! and thumbnail resources.
 
 use axum::body::Body;
-use axum::extract::{Path, Query as Q, State};
+use axum::extract::{Path, Query as Q};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -12,9 +12,10 @@ use meridian_dicom::render::{self, Format, RenderParams};
 use meridian_store::InstanceRef;
 use serde_json::{Value as J, json as j};
 
+use crate::auth::{Authed, Req};
+use crate::base_url;
 use crate::error::{ApiError, uid};
 use crate::multipart::{self, AcceptItem, parse_accept};
-use crate::{AppState, base_url};
 
 type Params = Q<Vec<(String, String)>>;
 
@@ -23,7 +24,7 @@ fn accept(h: &HeaderMap) -> Vec<AcceptItem> {
 }
 
 async fn list(
-    st: &AppState,
+    st: &Req,
     study: &str,
     series: Option<&str>,
     sop: Option<&str>,
@@ -35,7 +36,10 @@ async fn list(
     if let Some(s) = sop {
         uid(s)?;
     }
-    let v = st.store.instances(Some(study), series, sop).await?;
+    let v = st
+        .store
+        .instances(Some(study), series, sop, &st.scope())
+        .await?;
     if v.is_empty() {
         return Err(ApiError::not_found("no such study, series or instance"));
     }
@@ -44,17 +48,13 @@ async fn list(
 
 // ---------- retrieve (application/dicom) ----------
 
-pub async fn study(
-    State(st): State<AppState>,
-    Path(study): Path<String>,
-    h: HeaderMap,
-) -> Response {
+pub async fn study(Authed(st): Authed, Path(study): Path<String>, h: HeaderMap) -> Response {
     retrieve(st, h, study, None, None)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 pub async fn series(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series)): Path<(String, String)>,
     h: HeaderMap,
 ) -> Response {
@@ -63,7 +63,7 @@ pub async fn series(
         .unwrap_or_else(IntoResponse::into_response)
 }
 pub async fn instance(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series, inst)): Path<(String, String, String)>,
     h: HeaderMap,
 ) -> Response {
@@ -73,7 +73,7 @@ pub async fn instance(
 }
 
 async fn retrieve(
-    st: AppState,
+    st: Req,
     h: HeaderMap,
     study: String,
     series: Option<String>,
@@ -147,7 +147,7 @@ async fn retrieve(
 // ---------- metadata ----------
 
 pub async fn study_metadata(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path(study): Path<String>,
     h: HeaderMap,
 ) -> Response {
@@ -156,7 +156,7 @@ pub async fn study_metadata(
         .unwrap_or_else(IntoResponse::into_response)
 }
 pub async fn series_metadata(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series)): Path<(String, String)>,
     h: HeaderMap,
 ) -> Response {
@@ -165,7 +165,7 @@ pub async fn series_metadata(
         .unwrap_or_else(IntoResponse::into_response)
 }
 pub async fn instance_metadata(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series, inst)): Path<(String, String, String)>,
     h: HeaderMap,
 ) -> Response {
@@ -175,7 +175,7 @@ pub async fn instance_metadata(
 }
 
 async fn metadata(
-    st: AppState,
+    st: Req,
     h: HeaderMap,
     study: String,
     series: Option<String>,
@@ -273,7 +273,7 @@ fn is_native_le(ts: &str) -> bool {
 }
 
 pub async fn frames(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series, inst, frames)): Path<(String, String, String, String)>,
     h: HeaderMap,
 ) -> Response {
@@ -283,7 +283,7 @@ pub async fn frames(
 }
 
 async fn frames_inner(
-    st: AppState,
+    st: Req,
     h: HeaderMap,
     study: String,
     series: String,
@@ -375,7 +375,7 @@ async fn frames_inner(
 // ---------- bulk data ----------
 
 pub async fn bulkdata(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series, inst, path)): Path<(String, String, String, String)>,
     h: HeaderMap,
 ) -> Response {
@@ -385,7 +385,7 @@ pub async fn bulkdata(
 }
 
 async fn bulk_inner(
-    st: AppState,
+    st: Req,
     h: HeaderMap,
     study: String,
     series: String,
@@ -517,7 +517,7 @@ fn render_req(
 }
 
 async fn render_instance(
-    st: &AppState,
+    st: &Req,
     inst: InstanceRef,
     mut req: RenderReq,
     frame: u32,
@@ -561,7 +561,7 @@ fn representative(mut v: Vec<InstanceRef>) -> InstanceRef {
 }
 
 pub async fn instance_rendered(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series, inst)): Path<(String, String, String)>,
     h: HeaderMap,
     Q(p): Params,
@@ -578,7 +578,7 @@ pub async fn instance_rendered(
 }
 
 pub async fn instance_thumbnail(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series, inst)): Path<(String, String, String)>,
     h: HeaderMap,
     Q(p): Params,
@@ -596,7 +596,7 @@ pub async fn instance_thumbnail(
 }
 
 pub async fn frame_rendered(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series, inst, frames)): Path<(String, String, String, String)>,
     h: HeaderMap,
     Q(p): Params,
@@ -607,7 +607,7 @@ pub async fn frame_rendered(
 }
 
 pub async fn frame_thumbnail(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series, inst, frames)): Path<(String, String, String, String)>,
     h: HeaderMap,
     Q(p): Params,
@@ -619,7 +619,7 @@ pub async fn frame_thumbnail(
 
 #[allow(clippy::too_many_arguments)]
 async fn frame_render(
-    st: AppState,
+    st: Req,
     h: HeaderMap,
     p: Vec<(String, String)>,
     study: String,
@@ -640,7 +640,7 @@ async fn frame_render(
 }
 
 pub async fn series_rendered(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series)): Path<(String, String)>,
     h: HeaderMap,
     Q(p): Params,
@@ -650,7 +650,7 @@ pub async fn series_rendered(
         .unwrap_or_else(IntoResponse::into_response)
 }
 pub async fn series_thumbnail(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path((study, series)): Path<(String, String)>,
     h: HeaderMap,
     Q(p): Params,
@@ -660,7 +660,7 @@ pub async fn series_thumbnail(
         .unwrap_or_else(IntoResponse::into_response)
 }
 pub async fn study_rendered(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path(study): Path<String>,
     h: HeaderMap,
     Q(p): Params,
@@ -670,7 +670,7 @@ pub async fn study_rendered(
         .unwrap_or_else(IntoResponse::into_response)
 }
 pub async fn study_thumbnail(
-    State(st): State<AppState>,
+    Authed(st): Authed,
     Path(study): Path<String>,
     h: HeaderMap,
     Q(p): Params,
@@ -681,7 +681,7 @@ pub async fn study_thumbnail(
 }
 
 async fn level_render(
-    st: AppState,
+    st: Req,
     h: HeaderMap,
     p: Vec<(String, String)>,
     study: String,

@@ -1,15 +1,15 @@
 //! `meridian`: the thin binary over Meridian's crates.
 
+mod admin_cli;
 mod config;
 mod demo;
 mod tools;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use meridian_dimse::{Scp, ScpConfig};
+use meridian_dimse::{AeRegistry, Scp, ScpConfig};
 use meridian_store::ingest::Ingest;
 use meridian_store::{Store, StoreConfig};
 use meridian_web::{AppState, WebConfig};
@@ -41,6 +41,14 @@ enum Cmd {
     Fsck(tools::FsckArgs),
     /// The tamper-evident audit trail: `verify` walks the hash chain, `list` prints records.
     Audit(tools::AuditArgs),
+    /// Users: add, list, disable, enable, password, reset-totp.
+    User(admin_cli::UserArgs),
+    /// API tokens for machines: create (shown once), list, revoke.
+    Token(admin_cli::TokenArgs),
+    /// Sites (tenants) and the calling AE titles registered to them.
+    Site(admin_cli::SiteArgs),
+    /// Grant a user (radiologist) access to a study, or revoke it.
+    Grant(admin_cli::GrantArgs),
 }
 
 fn main() -> Result<()> {
@@ -65,6 +73,10 @@ fn main() -> Result<()> {
             Cmd::Send(a) => tools::send(a).await,
             Cmd::Fsck(a) => tools::fsck(a).await,
             Cmd::Audit(a) => tools::audit(a).await,
+            Cmd::User(a) => admin_cli::user(a).await,
+            Cmd::Token(a) => admin_cli::token(a).await,
+            Cmd::Site(a) => admin_cli::site(a).await,
+            Cmd::Grant(a) => admin_cli::grant(a).await,
         }
     })
 }
@@ -88,6 +100,16 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
         .unwrap_or(2)
         * 2;
     let ingest = Ingest::new(store.clone(), s.limits(), workers);
+    if s.quarantine_unknown_ae {
+        store
+            .put_site(
+                meridian_dimse::QUARANTINE_SITE,
+                "Quarantine (unregistered AE titles)",
+            )
+            .await?;
+    }
+    let registry = AeRegistry::new(s.quarantine_unknown_ae);
+    registry.load(store.site_aes().await?);
 
     let scp = Scp::new(
         ScpConfig {
@@ -98,6 +120,7 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
             peers: s.peers.clone(),
         },
         ingest.clone(),
+        registry.clone(),
     );
     let dicom = tokio::net::TcpListener::bind(&s.dicom)
         .await
@@ -108,15 +131,36 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
     let dicom_addr = dicom.local_addr()?;
     let http_addr = http.local_addr()?;
 
-    let state = AppState {
-        store: store.clone(),
-        ingest: ingest.clone(),
-        cfg: Arc::new(WebConfig {
+    let state = AppState::new(
+        store.clone(),
+        ingest.clone(),
+        WebConfig {
             max_request: s.max_request,
             viewer_dir: s.viewer_dir.clone(),
             http_port: http_addr.port(),
-        }),
-    };
+            secure_cookies: s.tls.is_some(),
+            session_ttl_ms: (s.session_hours * 3_600_000) as i64,
+            oidc_enabled: s.oidc.is_some(),
+        },
+    );
+    // AE registrations: reloaded when the admin API changes them, and every
+    // 10 s for changes made by other nodes or the CLI.
+    {
+        let (store, registry, changed) =
+            (store.clone(), registry.clone(), state.ae_changed.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = changed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+                match store.site_aes().await {
+                    Ok(v) => registry.load(v),
+                    Err(e) => tracing::warn!(error = %e, "reloading AE titles failed"),
+                }
+            }
+        });
+    }
     let app = meridian_web::router(state);
 
     tracing::info!(ae = %s.ae_title, %dicom_addr, %http_addr, data_dir = %s.data_dir.display(), db = ?store.db_kind(), "meridian listening");
@@ -130,7 +174,9 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
     });
 
     if demo {
-        demo::banner(&s, http_addr, dicom_addr);
+        let logins = demo::accounts(&store).await?;
+        registry.load(store.site_aes().await?);
+        demo::banner(&s, http_addr, dicom_addr, &logins);
         let ing = ingest.clone();
         tokio::spawn(async move {
             if let Err(e) = demo::load(&ing).await {
@@ -142,6 +188,17 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
             "Meridian is running: DICOMweb http://{http_addr}/dicom-web  DICOM {}@{dicom_addr}",
             s.ae_title
         );
+        if store.count_users().await? == 0 {
+            let dd = s.data_dir.display();
+            println!(
+                "No users yet. Create the first administrator (the password is read from stdin):"
+            );
+            println!("  meridian user add admin --role admin --data-dir {dd}");
+            println!("and register each sending site's AE titles, e.g.:");
+            println!(
+                "  meridian site add hospital-a --name \"Hospital A\" --ae CT_SCANNER_01 --data-dir {dd}"
+            );
+        }
     }
 
     let server = axum::serve(

@@ -20,6 +20,9 @@ pub struct ImportArgs {
     /// Files or directories (recursive).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    /// The site (tenant) the studies belong to; created if missing.
+    #[arg(long, default_value = "local")]
+    pub site: String,
     #[command(flatten)]
     pub serve: ServeArgs,
 }
@@ -133,6 +136,10 @@ pub async fn import(a: ImportArgs) -> Result<()> {
     let s = Settings::resolve(a.serve, false)?;
     let store = crate::open_store(&s).await?;
     let ingest = Ingest::new(store.clone(), s.limits(), 4);
+    if !store.site_exists(&a.site).await? {
+        store.put_site(&a.site, &a.site).await?;
+    }
+    let site = a.site.clone();
     let files = collect(&a.paths)?;
     let pb = bar(files.len(), "import");
     let max = s.max_object as u64;
@@ -140,6 +147,7 @@ pub async fn import(a: ImportArgs) -> Result<()> {
         .map(|f| {
             let ingest = ingest.clone();
             let pb = pb.clone();
+            let site = site.clone();
             async move {
                 let r = async {
                     let len = tokio::fs::metadata(&f)
@@ -151,10 +159,13 @@ pub async fn import(a: ImportArgs) -> Result<()> {
                     }
                     let bytes = tokio::fs::read(&f).await.map_err(|e| e.to_string())?;
                     ingest
-                        .ingest(Input::Part10 {
-                            bytes: Bytes::from(bytes),
-                            expect_study: None,
-                        })
+                        .ingest(
+                            &site,
+                            Input::Part10 {
+                                bytes: Bytes::from(bytes),
+                                expect_study: None,
+                            },
+                        )
                         .await
                         .map(|(_, o)| o)
                         .map_err(|e| e.to_string())
