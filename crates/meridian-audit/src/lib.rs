@@ -2,6 +2,15 @@
 //! SHA-256 of its predecessor's hash and its own canonical content, so a
 //! changed, deleted, inserted or reordered record breaks the chain at a
 //! point `verify` names. Storage of the records lives in meridian-store.
+//!
+//! Export, also pure: FHIR R4 `AuditEvent` ([`fhir`]), DICOM audit messages
+//! of PS3.15 A.5 ([`dicom`]), and their syslog framing ([`syslog`]); the
+//! classification of actions and outcomes both share is in [`codes`].
+
+pub mod codes;
+pub mod dicom;
+pub mod fhir;
+pub mod syslog;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
