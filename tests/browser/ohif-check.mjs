@@ -45,6 +45,8 @@ function parseArgs(argv) {
       case '--label': a.label = need(); break;
       case '--timeout': a.timeout = Number(need()); break;
       case '--chromium': a.chromium = need(); break;
+      case '--user': a.user = need(); break;
+      case '--password': a.password = need(); break;
       case '--allow-serving-warnings': a.allowServingWarnings = true; break;
       case '-h': case '--help': usage(); break;
       default: usage(`unknown argument ${k}`);
@@ -190,6 +192,19 @@ async function main() {
         consoleErrors.length ? `console errors:\n  ${consoleErrors.slice(0, 8).join('\n  ')}` : '',
       ].filter(Boolean).join('\n');
     };
+
+    // 0. Sign in through Meridian's login page, as a user would.
+    if (args.user) {
+      const loginUrl = `${args.base}/login`;
+      log(`signing in as ${args.user} at ${loginUrl}`);
+      await page.goto(loginUrl, { waitUntil: 'domcontentloaded' });
+      await page.fill('#username', args.user);
+      await page.fill('#password', args.password || '');
+      await Promise.all([
+        page.waitForURL((u) => !u.pathname.startsWith('/login'), { timeout: args.timeout * 1000 }),
+        page.click('#submit'),
+      ]).catch(async () => fail(`sign-in failed: ${await page.textContent('#error').catch(() => '?')}`));
+    }
 
     // 1. The study list.
     const listUrl = `${args.base}/`;

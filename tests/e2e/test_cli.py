@@ -13,7 +13,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 import dicomfiles as df
-from conftest import MERIDIAN_BIN, Server
+from conftest import E2E_SITE, MERIDIAN_BIN, Server
 
 TESTFILES = df.TEST_FILES
 
@@ -52,7 +52,7 @@ def test_cli_import_recursive_then_serve(tmp_path):
     src = tmp_path / "src"
     t = _tree(src, pid)
     data = tmp_path / "data"
-    meridian("import", src, t["single"].path, "--data-dir", data)
+    meridian("import", src, t["single"].path, "--site", E2E_SITE, "--data-dir", data)
 
     srv = Server(data_dir=data)
     try:
@@ -72,7 +72,7 @@ def test_cli_import_recursive_then_serve(tmp_path):
         srv.cleanup()
 
     # Importing the same files again adds nothing.
-    meridian("import", src, "--data-dir", data)
+    meridian("import", src, "--site", E2E_SITE, "--data-dir", data)
     srv = Server(data_dir=data)
     try:
         assert df.count_study_instances(srv, StudyInstanceUID=t["study"]) == len(t["in_tree"])
@@ -88,7 +88,7 @@ def test_cli_import_skips_non_dicom_files(tmp_path):
     (src / "README.TXT").write_text("Burned by the imaging centre's CD writer\n")
     (src / "a" / "thumbs.db").write_bytes(b"\x00\x01garbage" * 100)
     data = tmp_path / "data"
-    cp = meridian("import", src, "--data-dir", data, check=False)
+    cp = meridian("import", src, "--site", E2E_SITE, "--data-dir", data, check=False)
     srv = Server(data_dir=data)
     try:
         assert df.count_study_instances(srv, StudyInstanceUID=study) == len(good), cp.stdout + cp.stderr
@@ -97,7 +97,7 @@ def test_cli_import_skips_non_dicom_files(tmp_path):
 
 
 def test_cli_import_missing_path_fails(tmp_path):
-    cp = meridian("import", tmp_path / "does-not-exist", "--data-dir", tmp_path / "data", check=False, timeout=30)
+    cp = meridian("import", tmp_path / "does-not-exist", "--site", E2E_SITE, "--data-dir", tmp_path / "data", check=False, timeout=30)
     assert cp.returncode != 0
 
 
@@ -144,7 +144,7 @@ def test_cli_fsck_after_import(tmp_path):
     src = tmp_path / "src"
     _tree(src, f"E2E-FSCK-{df.token()}")
     data = tmp_path / "data"
-    meridian("import", src, "--data-dir", data)
+    meridian("import", src, "--site", E2E_SITE, "--data-dir", data)
     _fsck_cycle(data)
 
 

@@ -300,6 +300,7 @@ def raw_get(server, path, accept="*/*"):
     try:
         conn.putrequest("GET", path, skip_host=False, skip_accept_encoding=True)
         conn.putheader("Accept", accept)
+        conn.putheader("Authorization", f"Bearer {server.token}")
         conn.endheaders()
         resp = conn.getresponse()
         return resp.status, resp.getheader("Content-Type"), resp.read()

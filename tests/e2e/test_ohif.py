@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Server, pydicom_data_store, require_tool
+from conftest import _TOKENS, E2E_PASSWORD, REPO, Server, pydicom_data_store, require_tool
 
 OHIF_DIST = Path(os.environ.get("MERIDIAN_OHIF_DIST", REPO / ".cache" / "ohif" / "dist"))
 BROWSER_DIR = REPO / "tests" / "browser"
@@ -40,11 +40,24 @@ J2K_NAME = "CompressedSamples^RG3"
 
 # --------------------------------------------------------------------------- helpers
 
-def http_get(url: str, accept: str | None = None, timeout: float = 30):
-    """GET url -> (status, headers, body); HTTP errors are returned, not raised."""
-    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def http_get(url: str, accept: str | None = None, timeout: float = 30, headers: dict | None = None):
+    """GET url -> (status, headers, body); HTTP errors are returned, not raised.
+    DICOMweb requests carry the server's e2e service token."""
+    h = {"Accept": accept} if accept else {}
+    if "/dicom-web" in url:
+        h.update(next(({"Authorization": f"Bearer {t}"} for b, t in _TOKENS.items() if url.startswith(b)), {}))
+    h.update(headers or {})
+    req = urllib.request.Request(url, headers=h)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with _OPENER.open(req, timeout=timeout) as r:
             return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read()
@@ -214,7 +227,13 @@ def test_app_config_is_generated(viewer_server, ohif_dist):
 @pytest.mark.parametrize("path", ["/", "/viewer", "/viewer/dicomweb",
                                   "/viewer?StudyInstanceUIDs=1.2.3", "/segmentation?StudyInstanceUIDs=1.2.3"])
 def test_spa_routes_serve_index_html(viewer_server, ohif_dist, path):
-    status, headers, body = http_get(f"{viewer_server.http_url}{path}", accept="text/html")
+    # Signed out, the viewer's pages send the browser to the login page.
+    status, headers, _ = http_get(f"{viewer_server.http_url}{path}", accept="text/html")
+    assert status == 303 or status == 302 or status == 307, f"{path} answered {status} to an anonymous browser"
+    assert headers.get("Location", "").startswith("/login?next=")
+    session = viewer_server.login("e2e-tech")
+    cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+    status, headers, body = http_get(f"{viewer_server.http_url}{path}", accept="text/html", headers={"Cookie": cookie})
     assert status == 200, f"{path} answered {status}"
     assert content_type(headers) == "text/html", headers.get("Content-Type")
     assert body == (ohif_dist / "index.html").read_bytes(), f"{path} did not serve the dist's index.html"
@@ -256,6 +275,7 @@ def test_dicomweb_wins_over_spa_fallback(viewer_server):
 def run_check(viewer_server, study: str, expect: str, label: str, out: Path) -> None:
     node = ensure_browser_deps()
     cmd = [node, str(CHECK_SCRIPT), "--base", viewer_server.http_url, "--study", study,
+           "--user", "e2e-tech", "--password", E2E_PASSWORD,
            "--expect", expect, "--out", str(out), "--label", label, "--timeout", "60"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=BROWSER_DIR)
     print(r.stdout)

@@ -286,6 +286,14 @@ impl Store {
         audit::search(&self.inner.db, f).await
     }
 
+    /// The sequence number of the newest audit record (0 when empty).
+    pub async fn audit_head(&self) -> Result<i64, StoreError> {
+        let r: Option<(i64,)> = sqlx::query_as("SELECT MAX(seq) FROM audit_log")
+            .fetch_optional(&self.inner.db.pool)
+            .await?;
+        Ok(r.map(|x| x.0).unwrap_or(0))
+    }
+
     /// Whether an instance is indexed.
     pub async fn contains(&self, sop_uid: &str) -> Result<bool, StoreError> {
         let n: Option<(String,)> =

@@ -404,7 +404,7 @@ pub async fn totp_disable(Authed(r): Authed, Json(b): Json<TotpBody>) -> Respons
 
 /// `GET /login`: the sign-in page (its script is `/login.js`, so the CSP needs no inline script).
 pub async fn login_page(State(st): State<AppState>) -> Response {
-    let sso = if st.cfg.oidc_enabled {
+    let sso = if st.oidc.is_some() {
         r#"<p class="or">or</p><a id="sso" class="button" href="/auth/oidc/login">Sign in with SSO</a>"#
     } else {
         ""

@@ -135,6 +135,8 @@ pub struct NewToken {
     site: Option<String>,
     /// Lifetime in days [default 90, at most 3650].
     days: Option<u32>,
+    /// Lifetime in seconds instead (short-lived tokens), at least 1.
+    seconds: Option<u32>,
 }
 
 /// Creates an API token; its text is in this response only.
@@ -146,8 +148,11 @@ pub async fn add_token(Authed(r): Authed, Json(b): Json<NewToken>) -> Response {
     if b.name.is_empty() || b.name.len() > 64 || b.name.chars().any(char::is_control) {
         return bad("a token name is 1-64 printable characters");
     }
-    let days = i64::from(b.days.unwrap_or(90).clamp(1, 3650));
-    let expires = meridian_store::now_ms() + days * 86_400_000;
+    let life_ms = match b.seconds {
+        Some(s) => i64::from(s.max(1)) * 1000,
+        None => i64::from(b.days.unwrap_or(90).clamp(1, 3650)) * 86_400_000,
+    };
+    let expires = meridian_store::now_ms() + life_ms;
     let (id, full) = token::generate();
     let secret = full.rsplit('_').next().unwrap_or("");
     if let Err(e) = r

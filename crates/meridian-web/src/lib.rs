@@ -9,6 +9,7 @@ mod auditlog;
 pub mod auth;
 mod error;
 mod multipart;
+pub mod oidc;
 mod qido;
 mod stow;
 mod viewer;
@@ -43,8 +44,6 @@ pub struct WebConfig {
     pub secure_cookies: bool,
     /// Session lifetime.
     pub session_ttl_ms: i64,
-    /// "Sign in with SSO" is offered.
-    pub oidc_enabled: bool,
 }
 
 /// Shared state of the HTTP handlers.
@@ -59,6 +58,8 @@ pub struct AppState {
     pub ae_changed: Arc<tokio::sync::Notify>,
     /// The route table, for `/api/routes`.
     pub routes: Arc<OnceLock<Vec<RouteSpec>>>,
+    /// Single sign-on, when configured.
+    pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
 impl AppState {
@@ -70,6 +71,7 @@ impl AppState {
             throttle: Arc::default(),
             ae_changed: Arc::default(),
             routes: Arc::default(),
+            oidc: None,
         }
     }
 }
@@ -89,6 +91,8 @@ fn routes(state: &AppState) -> auth::Routes {
         .get("/login.css", Public, NO, account::login_css)
         .post("/auth/login", Public, NO, account::login)
         .post("/auth/logout", Authenticated, NO, account::logout)
+        .get("/auth/oidc/login", Public, NO, oidc::login)
+        .get("/auth/oidc/callback", Public, NO, oidc::callback)
         .get("/api/me", Authenticated, NO, account::me)
         .post("/api/me/totp/begin", Authenticated, NO, account::totp_begin)
         .post("/api/me/totp", Authenticated, Config, account::totp_enable)
@@ -213,15 +217,21 @@ async fn security_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
     // Meridian's own pages and API responses: nothing inline, nothing foreign, never framed.
     // The viewer (OHIF, served as files) gets a looser policy it can run under.
-    let html_viewer = h
+    // Meridian's own pages and API responses: nothing inline, nothing foreign, never
+    // framed. The viewer's files (OHIF: HTML, scripts and workers that compile
+    // WebAssembly) get a looser policy they can run under, still never framed.
+    let ct = h
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("text/html"))
-        && !h.contains_key("x-meridian-page");
-    let csp = if html_viewer {
-        "frame-ancestors 'none'; object-src 'none'; base-uri 'self'"
-    } else {
+        .unwrap_or("");
+    let ours = h.contains_key("x-meridian-page")
+        || ct.starts_with("application/json")
+        || ct.starts_with("application/problem+json")
+        || ct.starts_with("application/dicom+json");
+    let csp = if ours {
         "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; object-src 'none'; base-uri 'none'; form-action 'self'"
+    } else {
+        "frame-ancestors 'none'; object-src 'none'; base-uri 'self'"
     };
     h.insert(
         header::CONTENT_SECURITY_POLICY,

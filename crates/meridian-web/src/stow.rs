@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::Path;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use meridian_store::ingest::{IngestError, Input};
@@ -13,8 +13,8 @@ use crate::auth::{Authed, Req};
 use crate::base_url;
 use crate::error::{ApiError, uid};
 
-pub async fn stow(Authed(st): Authed, h: HeaderMap, body: Body) -> Response {
-    run(st, h, None, body)
+pub async fn stow(Authed(st): Authed, uri: Uri, h: HeaderMap, body: Body) -> Response {
+    run(st, &uri, h, None, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -22,10 +22,11 @@ pub async fn stow(Authed(st): Authed, h: HeaderMap, body: Body) -> Response {
 pub async fn stow_study(
     Authed(st): Authed,
     Path(study): Path<String>,
+    uri: Uri,
     h: HeaderMap,
     body: Body,
 ) -> Response {
-    run(st, h, Some(study), body)
+    run(st, &uri, h, Some(study), body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -64,6 +65,7 @@ struct Outcome {
 
 async fn run(
     st: Req,
+    uri: &Uri,
     h: HeaderMap,
     study: Option<String>,
     body: Body,
@@ -71,12 +73,33 @@ async fn run(
     if let Some(s) = &study {
         uid(s)?;
     }
-    let Some(site) = st.who.store_site().map(str::to_owned) else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "this credential has no site: stored studies must belong to one (use a site-scoped token or account)",
-        ));
+    // The caller's own site; a caller of every site (admin, unscoped service) names one with `?site=`.
+    let asked = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("site="));
+    let site = match (st.who.store_site(), asked) {
+        (Some(own), None) => own.to_owned(),
+        (Some(own), Some(a)) if a == own => own.to_owned(),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "this credential stores into its own site only",
+            ));
+        }
+        (None, Some(a)) if st.scope() == meridian_store::Scope::All => {
+            if !st.store.site_exists(a).await? {
+                return Err(ApiError::bad_request(format!("no site {a:?}")));
+            }
+            a.to_owned()
+        }
+        (None, _) => {
+            return Err(ApiError::bad_request(
+                "stored studies belong to a site: name it with ?site=ID (or use a site-scoped credential)",
+            ));
+        }
     };
     let ct = h
         .get(header::CONTENT_TYPE)

@@ -12,95 +12,110 @@ use serde::Deserialize;
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
     /// TOML file whose keys are the long flag names with `_` (e.g. data_dir = "...").
-    #[arg(long, env = "MERIDIAN_CONFIG")]
+    #[arg(global = true, long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Data directory (index and instance files) [default: ./meridian-data, demo: ./meridian-demo-data].
-    #[arg(long, env = "MERIDIAN_DATA_DIR")]
+    #[arg(global = true, long, env = "MERIDIAN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// HTTP listen address [default: 127.0.0.1:8042].
-    #[arg(long, env = "MERIDIAN_HTTP")]
+    #[arg(global = true, long, env = "MERIDIAN_HTTP")]
     pub http: Option<String>,
     /// DICOM listen address [default: 127.0.0.1:11112].
-    #[arg(long, env = "MERIDIAN_DICOM")]
+    #[arg(global = true, long, env = "MERIDIAN_DICOM")]
     pub dicom: Option<String>,
     /// This server's AE title [default: MERIDIAN].
-    #[arg(long, env = "MERIDIAN_AE_TITLE")]
+    #[arg(global = true, long, env = "MERIDIAN_AE_TITLE")]
     pub ae_title: Option<String>,
     /// Index database URL (sqlite://... or postgres://...) [default: SQLite in the data dir].
-    #[arg(long, env = "MERIDIAN_DATABASE_URL")]
+    #[arg(global = true, long, env = "MERIDIAN_DATABASE_URL")]
     pub database_url: Option<String>,
     /// C-MOVE destination, AET@HOST:PORT (repeatable; env: comma-separated).
-    #[arg(long = "peer", env = "MERIDIAN_PEERS", value_delimiter = ',')]
+    #[arg(
+        global = true,
+        long = "peer",
+        env = "MERIDIAN_PEERS",
+        value_delimiter = ','
+    )]
     pub peers: Vec<String>,
     /// Seconds without a new instance before a study is stable [default: 60].
-    #[arg(long, env = "MERIDIAN_STABLE_AFTER")]
+    #[arg(global = true, long, env = "MERIDIAN_STABLE_AFTER")]
     pub stable_after: Option<u64>,
     /// Re-sent SOP Instance UID: keep-first or replace [default: keep-first].
-    #[arg(long, env = "MERIDIAN_DUPLICATE_POLICY")]
+    #[arg(global = true, long, env = "MERIDIAN_DUPLICATE_POLICY")]
     pub duplicate_policy: Option<String>,
     /// Largest PDU this SCP accepts, bytes [default: 65536].
-    #[arg(long, env = "MERIDIAN_MAX_PDU")]
+    #[arg(global = true, long, env = "MERIDIAN_MAX_PDU")]
     pub max_pdu: Option<u32>,
     /// Association idle timeout, seconds [default: 60].
-    #[arg(long, env = "MERIDIAN_IDLE_TIMEOUT")]
+    #[arg(global = true, long, env = "MERIDIAN_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
     /// Maximum concurrent associations [default: 64].
-    #[arg(long, env = "MERIDIAN_MAX_ASSOCIATIONS")]
+    #[arg(global = true, long, env = "MERIDIAN_MAX_ASSOCIATIONS")]
     pub max_associations: Option<usize>,
     /// Largest accepted DICOM object, bytes [default: 1073741824].
-    #[arg(long, env = "MERIDIAN_MAX_OBJECT")]
+    #[arg(global = true, long, env = "MERIDIAN_MAX_OBJECT")]
     pub max_object: Option<usize>,
     /// Largest accepted HTTP request body (STOW-RS), bytes [default: 4294967296].
-    #[arg(long, env = "MERIDIAN_MAX_REQUEST")]
+    #[arg(global = true, long, env = "MERIDIAN_MAX_REQUEST")]
     pub max_request: Option<usize>,
     /// Directory of a prebuilt viewer (OHIF `dist`) to serve at `/`.
-    #[arg(long, env = "MERIDIAN_VIEWER_DIR")]
+    #[arg(global = true, long, env = "MERIDIAN_VIEWER_DIR")]
     pub viewer_dir: Option<PathBuf>,
     /// PEM certificate chain: serve HTTPS on --http (and DICOM TLS with --dicom-tls).
-    #[arg(long, env = "MERIDIAN_TLS_CERT")]
+    #[arg(global = true, long, env = "MERIDIAN_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long, env = "MERIDIAN_TLS_KEY")]
+    #[arg(global = true, long, env = "MERIDIAN_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// PEM CA bundle for client certificates (mutual TLS): required on the DICOM TLS port,
     /// verified when offered over HTTPS.
-    #[arg(long, env = "MERIDIAN_TLS_CLIENT_CA")]
+    #[arg(global = true, long, env = "MERIDIAN_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
     /// DICOM TLS listen address (BCP 195 profile), e.g. 127.0.0.1:2762 [default: off].
-    #[arg(long, env = "MERIDIAN_DICOM_TLS")]
+    #[arg(global = true, long, env = "MERIDIAN_DICOM_TLS")]
     pub dicom_tls: Option<String>,
     /// Calling AE titles not registered to a site: reject or quarantine [default: reject].
-    #[arg(long, env = "MERIDIAN_UNKNOWN_AE")]
+    #[arg(global = true, long, env = "MERIDIAN_UNKNOWN_AE")]
     pub unknown_ae: Option<String>,
     /// Public base URL of this server (for OIDC redirects), e.g. https://meridian.example.org.
-    #[arg(long, env = "MERIDIAN_PUBLIC_URL")]
+    #[arg(global = true, long, env = "MERIDIAN_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Session lifetime, hours [default: 12].
-    #[arg(long, env = "MERIDIAN_SESSION_HOURS")]
+    #[arg(global = true, long, env = "MERIDIAN_SESSION_HOURS")]
     pub session_hours: Option<u64>,
     /// OpenID Connect issuer URL (enables "Sign in with SSO").
-    #[arg(long, env = "MERIDIAN_OIDC_ISSUER")]
+    #[arg(global = true, long, env = "MERIDIAN_OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
     /// OIDC client ID.
-    #[arg(long, env = "MERIDIAN_OIDC_CLIENT_ID")]
+    #[arg(global = true, long, env = "MERIDIAN_OIDC_CLIENT_ID")]
     pub oidc_client_id: Option<String>,
     /// OIDC client secret (prefer the environment variable; never logged).
-    #[arg(long, env = "MERIDIAN_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    #[arg(
+        global = true,
+        long,
+        env = "MERIDIAN_OIDC_CLIENT_SECRET",
+        hide_env_values = true
+    )]
     pub oidc_client_secret: Option<String>,
     /// ID-token claim holding the user's groups [default: groups].
-    #[arg(long, env = "MERIDIAN_OIDC_ROLE_CLAIM")]
+    #[arg(global = true, long, env = "MERIDIAN_OIDC_ROLE_CLAIM")]
     pub oidc_role_claim: Option<String>,
     /// ID-token claim holding the user's site (for the `site` and `referrer` roles) [default: meridian_site].
-    #[arg(long, env = "MERIDIAN_OIDC_SITE_CLAIM")]
+    #[arg(global = true, long, env = "MERIDIAN_OIDC_SITE_CLAIM")]
     pub oidc_site_claim: Option<String>,
     /// IdP group to Meridian role, GROUP=ROLE (repeatable; env: comma-separated).
-    #[arg(long = "oidc-role", env = "MERIDIAN_OIDC_ROLES", value_delimiter = ',')]
+    #[arg(
+        global = true,
+        long = "oidc-role",
+        env = "MERIDIAN_OIDC_ROLES",
+        value_delimiter = ','
+    )]
     pub oidc_roles: Vec<String>,
     /// Audit repository for DICOM audit messages over syslog TLS (RFC 5425), HOST:PORT.
-    #[arg(long, env = "MERIDIAN_AUDIT_SYSLOG")]
+    #[arg(global = true, long, env = "MERIDIAN_AUDIT_SYSLOG")]
     pub audit_syslog: Option<String>,
     /// PEM CA bundle that signs the audit repository's certificate.
-    #[arg(long, env = "MERIDIAN_AUDIT_SYSLOG_CA")]
+    #[arg(global = true, long, env = "MERIDIAN_AUDIT_SYSLOG_CA")]
     pub audit_syslog_ca: Option<PathBuf>,
 }
 

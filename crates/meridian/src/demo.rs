@@ -56,8 +56,10 @@ pub fn banner(
     s: &Settings,
     http: SocketAddr,
     dicom: SocketAddr,
+    dicom_tls: Option<SocketAddr>,
     logins: &[(String, Role, String)],
 ) {
+    let web = if s.tls.is_some() { "https" } else { "http" };
     println!(
         "Meridian demo (embedded SQLite + local files in {})",
         s.data_dir.display()
@@ -66,13 +68,13 @@ pub fn banner(
         "  loading synthetic demo studies: CT (phantom), MR, CR, US cine - all marked SYNTHETIC"
     );
     match &s.viewer_dir {
-        Some(_) => println!("  viewer (OHIF):    http://{http}/"),
+        Some(_) => println!("  viewer (OHIF):    {web}://{http}/"),
         None => println!(
-            "  viewer:           none (run scripts/fetch-ohif, then `meridian demo` serves it at http://{http}/)"
+            "  viewer:           none (run scripts/fetch-ohif, then `meridian demo` serves it at {web}://{http}/)"
         ),
     }
-    println!("  DICOMweb:         http://{http}/dicom-web/studies");
-    println!("  health / metrics: http://{http}/healthz  http://{http}/metrics");
+    println!("  DICOMweb:         {web}://{http}/dicom-web/studies");
+    println!("  health / metrics: {web}://{http}/healthz  {web}://{http}/metrics");
     println!(
         "  DICOM (DIMSE):    AE {} at {dicom}   e.g. echoscu -aet ECHOSCU -aec {} {} {}",
         s.ae_title,
@@ -84,7 +86,16 @@ pub fn banner(
         "                    calling AE titles of site '{DEMO_SITE}': {}",
         DEMO_AES.join(" ")
     );
-    println!("  logins (new passwords on every start; sign in at http://{http}/login):");
+    if let Some(t) = dicom_tls {
+        println!(
+            "  DICOM TLS:        AE {} at {t}   e.g. echoscu +tls KEY CERT +cf CA -aet ECHOSCU -aec {} {} {}",
+            s.ae_title,
+            s.ae_title,
+            t.ip(),
+            t.port()
+        );
+    }
+    println!("  logins (new passwords on every start; sign in at {web}://{http}/login):");
     for (user, role, pw) in logins {
         println!("    {user:<12} {pw}   ({role})");
     }

@@ -3,8 +3,10 @@
 mod admin_cli;
 mod config;
 mod demo;
+mod tls;
 mod tools;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -53,6 +55,8 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // One TLS crypto provider for the whole process (ring); two would make TLS start-up panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
@@ -122,16 +126,44 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
         ingest.clone(),
         registry.clone(),
     );
+    // HTTPS asks for a client certificate and verifies one when offered;
+    // DICOM TLS requires one when --tls-client-ca is set (mutual TLS for gateways).
+    let https_tls = match &s.tls {
+        Some(f) => Some(tls::server_config(
+            f,
+            tls::ClientCert::Optional,
+            &[b"http/1.1"],
+        )?),
+        None => None,
+    };
+    let dicom_tls_cfg = match (&s.tls, &s.dicom_tls) {
+        (Some(f), Some(_)) => Some(tls::server_config(f, tls::ClientCert::Required, &[])?),
+        _ => None,
+    };
     let dicom = tokio::net::TcpListener::bind(&s.dicom)
         .await
         .with_context(|| format!("binding DICOM port {}", s.dicom))?;
+    let dicom_tls = match (&s.dicom_tls, dicom_tls_cfg) {
+        (Some(addr), Some(cfg)) => Some((
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding DICOM TLS port {addr}"))?,
+            cfg,
+        )),
+        _ => None,
+    };
     let http = tokio::net::TcpListener::bind(&s.http)
         .await
         .with_context(|| format!("binding HTTP port {}", s.http))?;
     let dicom_addr = dicom.local_addr()?;
+    let dicom_tls_addr = dicom_tls
+        .as_ref()
+        .map(|(l, _)| l.local_addr())
+        .transpose()?;
     let http_addr = http.local_addr()?;
+    let scheme = if https_tls.is_some() { "https" } else { "http" };
 
-    let state = AppState::new(
+    let mut state = AppState::new(
         store.clone(),
         ingest.clone(),
         WebConfig {
@@ -140,9 +172,50 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
             http_port: http_addr.port(),
             secure_cookies: s.tls.is_some(),
             session_ttl_ms: (s.session_hours * 3_600_000) as i64,
-            oidc_enabled: s.oidc.is_some(),
         },
     );
+    if let Some(o) = &s.oidc {
+        let scheme = if s.tls.is_some() { "https" } else { "http" };
+        let base = s
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{http_addr}"));
+        let roles = o
+            .roles
+            .iter()
+            .map(|(g, r)| {
+                Ok((
+                    g.clone(),
+                    r.parse::<meridian_auth::Role>()
+                        .map_err(anyhow::Error::msg)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cfg = meridian_oidc::OidcConfig::new(
+            o.issuer.clone(),
+            o.client_id.clone(),
+            o.client_secret.as_ref().map(|s| s.0.clone()),
+            format!("{base}/auth/oidc/callback"),
+        );
+        state.oidc = Some(Arc::new(meridian_web::oidc::Oidc::new(
+            cfg,
+            o.role_claim.clone(),
+            o.site_claim.clone(),
+            roles,
+        )));
+        tracing::info!(issuer = %o.issuer, "single sign-on enabled");
+    }
+    if let Some(addr) = &s.audit_syslog {
+        let ca = s
+            .audit_syslog_ca
+            .as_ref()
+            .context("--audit-syslog needs --audit-syslog-ca (the repository's CA)")?;
+        let tls = meridian_auditsink::SyslogTls::new(addr, ca)
+            .with_context(|| format!("audit repository {addr}"))?;
+        let sink = meridian_auditsink::spawn(meridian_auditsink::SinkConfig::new(tls));
+        tokio::spawn(forward_audit(store.clone(), sink));
+        tracing::info!(repository = %addr, "DICOM audit messages forwarded over syslog TLS");
+    }
     // AE registrations: reloaded when the admin API changes them, and every
     // 10 s for changes made by other nodes or the CLI.
     {
@@ -163,7 +236,11 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
     }
     let app = meridian_web::router(state);
 
-    tracing::info!(ae = %s.ae_title, %dicom_addr, %http_addr, data_dir = %s.data_dir.display(), db = ?store.db_kind(), "meridian listening");
+    tracing::info!(ae = %s.ae_title, %dicom_addr, ?dicom_tls_addr, %http_addr, https = https_tls.is_some(), data_dir = %s.data_dir.display(), db = ?store.db_kind(), "meridian listening");
+    let dimse_tls_task = match dicom_tls {
+        Some((listener, cfg)) => tokio::spawn(scp.clone().serve_tls(listener, cfg)),
+        None => tokio::spawn(std::future::pending::<std::io::Result<()>>()),
+    };
     let dimse_task = tokio::spawn(scp.serve(dicom));
     let sweeper = tokio::spawn(stable_sweeper(store.clone(), s.stable_after_secs));
     let mut events = store.subscribe();
@@ -176,7 +253,7 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
     if demo {
         let logins = demo::accounts(&store).await?;
         registry.load(store.site_aes().await?);
-        demo::banner(&s, http_addr, dicom_addr, &logins);
+        demo::banner(&s, http_addr, dicom_addr, dicom_tls_addr, &logins);
         let ing = ingest.clone();
         tokio::spawn(async move {
             if let Err(e) = demo::load(&ing).await {
@@ -184,8 +261,11 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
             }
         });
     } else {
+        let tls_line = dicom_tls_addr
+            .map(|a| format!("  DICOM TLS {}@{a}", s.ae_title))
+            .unwrap_or_default();
         println!(
-            "Meridian is running: DICOMweb http://{http_addr}/dicom-web  DICOM {}@{dicom_addr}",
+            "Meridian is running: DICOMweb {scheme}://{http_addr}/dicom-web  DICOM {}@{dicom_addr}{tls_line}",
             s.ae_title
         );
         if store.count_users().await? == 0 {
@@ -201,19 +281,60 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
         }
     }
 
-    let server = axum::serve(
-        http,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal());
+    // Handlers read the client address (audit, login throttling) from ConnectInfo<SocketAddr>.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+        match https_tls {
+            Some(cfg) => {
+                use axum::serve::ListenerExt;
+                // No plain HTTP on a TLS port. `tap_io` (a no-op here) is how axum
+                // gives a custom listener's SocketAddr to ConnectInfo.
+                let listener = tls::HttpsListener::new(http, cfg)?.tap_io(|_| {});
+                Box::pin(
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown_signal())
+                        .into_future(),
+                )
+            }
+            None => Box::pin(
+                axum::serve(http, app)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .into_future(),
+            ),
+        };
     tokio::select! {
         r = server => r.context("HTTP server")?,
         r = dimse_task => { r.context("DIMSE task")?.context("DIMSE listener")?; }
+        r = dimse_tls_task => { r.context("DICOM TLS task")?.context("DICOM TLS listener")?; }
     }
     sweeper.abort();
     store.close().await;
     tracing::info!("meridian stopped");
     Ok(())
+}
+
+/// Forwards new audit records (DICOM audit messages, RFC 5425) to the audit
+/// repository, reading the durable log so every node's records are sent.
+async fn forward_audit(store: Store, sink: meridian_auditsink::SinkHandle) {
+    let mut last = store.audit_head().await.unwrap_or(0);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let f = meridian_store::AuditFilter {
+            after_seq: Some(last),
+            limit: Some(1000),
+            ..Default::default()
+        };
+        match store.audit_search(&f).await {
+            Ok(recs) => {
+                for r in &recs {
+                    sink.send(r);
+                    last = r.seq;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading audit records to forward failed"),
+        }
+    }
 }
 
 /// Fires `stable` for studies quiet for `quiet` seconds. The state lives in
