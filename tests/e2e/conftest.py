@@ -91,12 +91,12 @@ def free_port() -> int:
 class Server:
     """A running `meridian serve` on free loopback ports and a temporary data dir."""
 
-    def __init__(self, extra_args=None, env=None, data_dir=None):
+    def __init__(self, extra_args=None, env=None, data_dir=None, http_port=None):
         if not MERIDIAN_BIN.exists():
             pytest.fail(f"meridian binary not found at {MERIDIAN_BIN}; run `cargo build --release` first", pytrace=False)
         self.tmp = tempfile.mkdtemp(prefix="meridian-e2e-")
         self.data_dir = Path(data_dir) if data_dir else Path(self.tmp) / "data"
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
         self.dicom_port = free_port()
         # A C-MOVE destination that tests may start (storescp) on this port.
         self.move_dest_aet = "STORESCP"
