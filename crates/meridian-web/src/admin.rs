@@ -26,10 +26,10 @@ fn store_err(e: meridian_store::StoreError) -> Response {
     }
 }
 
-fn role_site(role: &str, site: Option<&str>) -> Result<Role, Response> {
-    let role: Role = role.parse().map_err(bad)?;
+fn role_site(role: &str, site: Option<&str>) -> Result<Role, ApiError> {
+    let role: Role = role.parse().map_err(ApiError::bad_request)?;
     if role.needs_site() && site.is_none() {
-        return Err(bad(format!("the {role} role needs a site")));
+        return Err(ApiError::bad_request(format!("the {role} role needs a site")));
     }
     Ok(role)
 }
@@ -53,7 +53,7 @@ pub struct NewUser {
 pub async fn add_user(Authed(r): Authed, Json(b): Json<NewUser>) -> Response {
     let role = match role_site(&b.role, b.site.as_deref()) {
         Ok(x) => x,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let (pw, generated) = match b.password {
         Some(p) => (p, false),
@@ -143,7 +143,7 @@ pub struct NewToken {
 pub async fn add_token(Authed(r): Authed, Json(b): Json<NewToken>) -> Response {
     let role = match role_site(&b.role, b.site.as_deref()) {
         Ok(x) => x,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     if b.name.is_empty() || b.name.len() > 64 || b.name.chars().any(char::is_control) {
         return bad("a token name is 1-64 printable characters");
