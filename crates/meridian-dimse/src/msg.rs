@@ -9,7 +9,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::{Association, AsyncAssociation};
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
 use thiserror::Error;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 pub const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 
@@ -145,9 +145,10 @@ pub fn el_error_comment(msg: &str) -> DataElement<InMemDicomObject> {
 
 /// Receives the next DIMSE message, reassembling command and data fragments.
 /// Data beyond `max_data` bytes is read and discarded (`overflow`).
-pub async fn receive<A>(assoc: &mut A, max_data: usize) -> Result<Incoming, DimseError>
+pub async fn receive<A, S>(assoc: &mut A, max_data: usize) -> Result<Incoming, DimseError>
 where
-    A: AsyncAssociation<TcpStream> + Association + Send,
+    A: AsyncAssociation<S> + Association + Send,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut cmd: Vec<u8> = Vec::new();
     let mut command: Option<InMemDicomObject> = None;
@@ -247,14 +248,15 @@ where
 
 /// Sends a command (and optional data set) on a presentation context,
 /// splitting data into PDUs no larger than the peer accepts.
-pub async fn send<A>(
+pub async fn send<A, S>(
     assoc: &mut A,
     pc_id: u8,
     command: Vec<u8>,
     data: Option<&[u8]>,
 ) -> Result<(), DimseError>
 where
-    A: AsyncAssociation<TcpStream> + Association + Send,
+    A: AsyncAssociation<S> + Association + Send,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let peer_max = assoc.peer_max_pdu_length();
     let chunk = if peer_max == 0 {

@@ -24,7 +24,8 @@ use meridian_store::{InstanceRef, Store};
 use prometheus::IntGauge;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::msg::{self, DimseError, Incoming, Message, cmd, el_error_comment, el_u16, el_ui};
@@ -59,11 +60,14 @@ fn caller_site() -> Option<String> {
 /// the quarantine site, and only when configured.
 pub const QUARANTINE_SITE: &str = "quarantine";
 
+/// Calling AE title → (site, source IP it must connect from, if bound).
+type AeMap = HashMap<String, (String, Option<IpAddr>)>;
+
 /// Calling AE titles registered to sites (optionally bound to a source IP),
 /// loaded from the index and reloaded on change.
 #[derive(Clone, Default)]
 pub struct AeRegistry {
-    map: Arc<std::sync::RwLock<HashMap<String, (String, Option<IpAddr>)>>>,
+    map: Arc<std::sync::RwLock<AeMap>>,
     quarantine: bool,
 }
 
@@ -77,7 +81,7 @@ impl AeRegistry {
 
     /// Replaces the registrations.
     pub fn load(&self, aes: Vec<meridian_store::accounts::SiteAe>) {
-        let m: HashMap<String, (String, Option<IpAddr>)> = aes
+        let m: AeMap = aes
             .into_iter()
             .map(|a| {
                 let ip = a.host.as_deref().and_then(|h| h.parse().ok());
@@ -179,6 +183,7 @@ pub struct ScpConfig {
     pub peers: Vec<Peer>,
 }
 
+#[derive(Clone)]
 struct RoleNegotiation;
 
 impl Negotiation for RoleNegotiation {
@@ -196,11 +201,17 @@ impl Negotiation for RoleNegotiation {
     }
 }
 
+/// The byte stream an association runs over: TCP, or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+type Options = ServerAssociationOptions<'static, AeCheck, RoleNegotiation>;
+
 /// The running SCP.
 pub struct Scp {
     cfg: ScpConfig,
     ingest: Ingest,
-    options: ServerAssociationOptions<'static, AeCheck, RoleNegotiation>,
+    options: Options,
     slots: Arc<Semaphore>,
     registry: AeRegistry,
 }
@@ -218,7 +229,7 @@ const SERVICE_CLASSES: &[&str] = &[
 impl Scp {
     pub fn new(cfg: ScpConfig, ingest: Ingest, registry: AeRegistry) -> Arc<Scp> {
         LazyLock::force(&OPEN);
-        let mut options = ServerAssociationOptions::new()
+        let mut options: Options = ServerAssociationOptions::new()
             .ae_access_control(AeCheck(registry.clone()))
             .ae_title(cfg.ae_title.clone())
             .max_pdu_length(cfg.max_pdu)
@@ -255,31 +266,95 @@ impl Scp {
 
     /// Accepts associations until the listener fails.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        self.accept(listener, None).await
+    }
+
+    /// Accepts associations over TLS (DICOM PS3.15 B.9, BCP 195) until the
+    /// listener fails. `tls` decides versions, cipher suites and whether a
+    /// client certificate is required; everything after the handshake (AE
+    /// title check, site scope, slots, audit) is the same as [`Scp::serve`].
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<()> {
+        let options = Arc::new(self.options.clone().tls_config(tls));
+        self.accept(listener, Some(options)).await
+    }
+
+    async fn accept(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<Arc<Options>>,
+    ) -> std::io::Result<()> {
         loop {
             let (sock, peer) = listener.accept().await?;
             sock.set_nodelay(true).ok();
             let this = self.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let Ok(_slot) = this.slots.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, "too many associations; closing connection");
                     return;
                 };
                 OPEN.inc();
-                let run = this.association(sock, peer);
+                let run = async {
+                    match &tls {
+                        None => {
+                            this.refuse_tls_hello(&sock).await?;
+                            let assoc = this.options.establish_async(sock).await?;
+                            this.association(assoc, peer).await
+                        }
+                        Some(options) => {
+                            // dicom-ul bounds the A-ASSOCIATE-RQ read, not the
+                            // TLS handshake before it: bound both.
+                            let assoc = tokio::time::timeout(
+                                this.cfg.idle_timeout,
+                                options.establish_tls_async(sock),
+                            )
+                            .await
+                            .map_err(|_| {
+                                DimseError::Unexpected(
+                                    "TLS handshake or association request timed out".into(),
+                                )
+                            })??;
+                            this.association(assoc, peer).await
+                        }
+                    }
+                };
                 let run = STORED.scope(
                     Default::default(),
                     LAST_STATUS.scope(std::cell::Cell::new(0xFFFF), run),
                 );
                 if let Err(e) = run.await {
-                    tracing::info!(%peer, error = %e, "association ended with an error");
+                    tracing::info!(%peer, tls = tls.is_some(), error = %error_chain(&e), "association ended with an error");
                 }
                 OPEN.dec();
             });
         }
     }
 
-    async fn association(&self, sock: TcpStream, peer: SocketAddr) -> Result<(), DimseError> {
-        let mut assoc = self.options.establish_async(sock).await?;
+    /// A TLS client on the plain port: its ClientHello (record type 0x16)
+    /// would be read as a PDU of some 16 MiB and hang until the idle timeout.
+    /// An A-ASSOCIATE-RQ starts with 0x01.
+    async fn refuse_tls_hello(&self, sock: &tokio::net::TcpStream) -> Result<(), DimseError> {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(self.cfg.idle_timeout, sock.peek(&mut first)).await {
+            Err(_) => Err(DimseError::Unexpected(
+                "no association request before the idle timeout".into(),
+            )),
+            Ok(Ok(1)) if first[0] == 0x16 => Err(DimseError::Unexpected(
+                "a TLS handshake on the plain DICOM port (DICOM TLS has its own port)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn association<S: Stream>(
+        &self,
+        mut assoc: AsyncServerAssociation<S>,
+        peer: SocketAddr,
+    ) -> Result<(), DimseError> {
         let calling = assoc.peer_ae_title().trim().to_owned();
         let site = match self.registry.site_of(&calling, peer.ip()) {
             Ok(s) => s,
@@ -355,9 +430,9 @@ impl Scp {
     }
 
     /// The query level, study and keys of a C-FIND/C-MOVE/C-GET identifier, for the audit record.
-    fn describe(
+    fn describe<S: Stream>(
         &self,
-        assoc: &AsyncServerAssociation<TcpStream>,
+        assoc: &AsyncServerAssociation<S>,
         m: &Message,
     ) -> (Option<String>, String) {
         let ts = pc_ts(assoc, m.pc_id);
@@ -381,9 +456,9 @@ impl Scp {
 
     /// Serves DIMSE messages until release or abort; an unsupported command
     /// ends the association (the connection is dropped).
-    async fn messages(
+    async fn messages<S: Stream>(
         &self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut AsyncServerAssociation<S>,
         calling: &str,
         peer: SocketAddr,
     ) -> Result<(), DimseError> {
@@ -436,9 +511,9 @@ impl Scp {
         }
     }
 
-    async fn echo(
+    async fn echo<S: Stream>(
         &self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut AsyncServerAssociation<S>,
         m: &Message,
     ) -> Result<(), DimseError> {
         let rsp = msg::encode_command(vec![
@@ -451,9 +526,9 @@ impl Scp {
         msg::send(assoc, m.pc_id, rsp, None).await
     }
 
-    async fn c_store(
+    async fn c_store<S: Stream>(
         &self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut AsyncServerAssociation<S>,
         m: Message,
         calling: &str,
     ) -> Result<(), DimseError> {
@@ -553,9 +628,9 @@ impl Scp {
         Ok((q, obj))
     }
 
-    async fn c_find(
+    async fn c_find<S: Stream>(
         &self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut AsyncServerAssociation<S>,
         m: &Message,
     ) -> Result<(), DimseError> {
         let ts = pc_ts(assoc, m.pc_id);
@@ -654,9 +729,9 @@ impl Scp {
         msg::send(assoc, m.pc_id, rsp(0x0000, false, None)?, None).await
     }
 
-    async fn c_move(
+    async fn c_move<S: Stream>(
         &self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut AsyncServerAssociation<S>,
         m: &Message,
         calling: &str,
     ) -> Result<(), DimseError> {
@@ -761,9 +836,9 @@ impl Scp {
         rsp.finish_counts(assoc).await
     }
 
-    async fn c_get(
+    async fn c_get<S: Stream>(
         &self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut AsyncServerAssociation<S>,
         m: &Message,
     ) -> Result<(), DimseError> {
         let ts = pc_ts(assoc, m.pc_id);
@@ -956,9 +1031,9 @@ impl RetrieveResponder {
         msg::encode_command(els)
     }
 
-    async fn pending(
+    async fn pending<S: Stream>(
         &self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut AsyncServerAssociation<S>,
     ) -> Result<(), DimseError> {
         if self.remaining == 0 {
             return Ok(());
@@ -967,9 +1042,9 @@ impl RetrieveResponder {
         msg::send(assoc, self.pc_id, c, None).await
     }
 
-    async fn finish(
+    async fn finish<S: Stream>(
         &self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut AsyncServerAssociation<S>,
         status: u16,
         comment: Option<&str>,
     ) -> Result<(), DimseError> {
@@ -977,9 +1052,9 @@ impl RetrieveResponder {
         msg::send(assoc, self.pc_id, c, None).await
     }
 
-    async fn finish_counts(
+    async fn finish_counts<S: Stream>(
         &self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut AsyncServerAssociation<S>,
     ) -> Result<(), DimseError> {
         if self.failed == 0 && self.warning == 0 {
             return self.finish(assoc, 0, None).await;
@@ -1002,13 +1077,29 @@ impl RetrieveResponder {
     }
 }
 
-fn pc_ts(assoc: &AsyncServerAssociation<TcpStream>, pc_id: u8) -> String {
+fn pc_ts<S>(assoc: &AsyncServerAssociation<S>, pc_id: u8) -> String {
     assoc
         .presentation_contexts()
         .iter()
         .find(|pc| pc.id == pc_id)
         .map(|pc| pc.transfer_syntax.trim_end_matches('\0').to_owned())
         .unwrap_or_else(|| msg::IMPLICIT_LE.to_owned())
+}
+
+/// An error and its causes, `: `-separated (dicom-ul's TLS errors keep the
+/// reason, e.g. a missing client certificate, in their source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 fn msg_uncompressed(ts: &str) -> bool {
