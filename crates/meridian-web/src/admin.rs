@@ -29,7 +29,9 @@ fn store_err(e: meridian_store::StoreError) -> Response {
 fn role_site(role: &str, site: Option<&str>) -> Result<Role, ApiError> {
     let role: Role = role.parse().map_err(ApiError::bad_request)?;
     if role.needs_site() && site.is_none() {
-        return Err(ApiError::bad_request(format!("the {role} role needs a site")));
+        return Err(ApiError::bad_request(format!(
+            "the {role} role needs a site"
+        )));
     }
     Ok(role)
 }
