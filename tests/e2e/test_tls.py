@@ -334,11 +334,11 @@ def tls_args(pki: Pki, cert: tuple[Path, Path] | None) -> list[str]:
     return [*ident, "+cf", str(pki.ca), "--require-peer-cert"]
 
 
-def echoscu_tls(server: TlsServer, *, cert=None, aet="ECHOSCU", port=None, tls=True, check=True):
+def echoscu_tls(server: TlsServer, *, cert=None, aet="ECHOSCU", port=None, tls=True, check=True, extra=()):
     tool = dcmtk_tls("echoscu")
     args = [tool, "-to", "10", "-aet", aet, "-aec", server.ae_title]
     if tls:
-        args += tls_args(server.pki, cert)
+        args += tls_args(server.pki, cert) + list(extra)
     return df.run([*args, "127.0.0.1", port or server.dicom_tls_port], timeout=60, check=check)
 
 
@@ -354,6 +354,15 @@ def test_dcmtk_echo_over_tls(tls_server, pki):
     assert cp.returncode == 0
     # DCMTK without a client certificate too: the server asks for none without --tls-client-ca.
     echoscu_tls(tls_server, cert=None)
+
+
+def test_dcmtk_security_profiles(tls_server, pki):
+    """DCMTK's BCP 195 profiles connect; the retired AES profile (TLS_RSA_WITH_AES_128_CBC_SHA,
+    no forward secrecy) does not."""
+    for profile in ("+py", "+px", "+pz"):
+        echoscu_tls(tls_server, cert=(pki.client_cert, pki.client_key), extra=[profile])
+    cp = echoscu_tls(tls_server, cert=(pki.client_cert, pki.client_key), extra=["+pa"], check=False)
+    assert cp.returncode != 0, cp.stdout + cp.stderr
 
 
 def test_dcmtk_store_over_tls_then_retrieve_over_https(tls_server, pki, tmp_path):
@@ -393,8 +402,12 @@ def test_unregistered_calling_ae_over_tls_is_rejected(tls_server, pki):
 def test_plain_dicom_to_the_tls_port_fails_and_tls_to_the_plain_port_too(tls_server, pki):
     cp = echoscu_tls(tls_server, tls=False, check=False)
     assert cp.returncode != 0, cp.stdout + cp.stderr
+    t0 = time.monotonic()
     cp = echoscu_tls(tls_server, cert=(pki.client_cert, pki.client_key), port=tls_server.dicom_port, check=False)
     assert cp.returncode != 0, cp.stdout + cp.stderr
+    # Refused at once, not after the idle timeout, and said so in the log.
+    assert time.monotonic() - t0 < 5
+    assert "a TLS handshake on the plain DICOM port" in tls_server.log_text()
     # Both listeners keep serving.
     echoscu_tls(tls_server, cert=(pki.client_cert, pki.client_key))
     df.dcmtk_echo(tls_server)
