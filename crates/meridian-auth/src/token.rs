@@ -22,13 +22,27 @@ pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// A new token: (id, full token text shown once).
-pub fn generate() -> (String, String) {
+/// A new API token.
+pub struct NewToken {
+    /// Public id (listing, revocation).
+    pub id: String,
+    /// The whole token, shown once.
+    pub text: String,
+    /// What is stored: the SHA-256 of the secret part.
+    pub secret_hash: String,
+}
+
+/// A new token.
+pub fn generate() -> NewToken {
     let mut id = [0u8; 6];
     rand::fill(&mut id);
     let id = hex::encode(id);
-    let full = format!("mrd_{id}_{}", secret());
-    (id, full)
+    let secret = secret();
+    NewToken {
+        text: format!("mrd_{id}_{secret}"),
+        secret_hash: hash_secret(&secret),
+        id,
+    }
 }
 
 /// Splits a presented token into (id, secret); None if malformed.
@@ -45,10 +59,10 @@ mod tests {
 
     #[test]
     fn format() {
-        let (id, full) = generate();
-        let (pid, sec) = parse(&full).expect("parses");
-        assert_eq!(pid, id);
-        assert_eq!(hash_secret(sec).len(), 64);
+        let t = generate();
+        let (pid, sec) = parse(&t.text).expect("parses");
+        assert_eq!(pid, t.id);
+        assert_eq!(hash_secret(sec), t.secret_hash);
         assert!(parse("mrd_zz_00").is_none());
         assert!(parse("Bearer x").is_none());
         assert!(same(&hash_secret("a"), &hash_secret("a")));

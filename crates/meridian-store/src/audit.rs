@@ -208,53 +208,51 @@ pub struct AuditFilter {
 
 /// Records matching a filter, oldest first, bounded.
 pub(crate) async fn search(db: &Db, f: &AuditFilter) -> Result<Vec<Record>, StoreError> {
+    enum P {
+        T(String),
+        I(i64),
+    }
+    // Conditions from static column names; every value is a placeholder, bound in order.
     let mut conds: Vec<String> = Vec::new();
-    let mut texts: Vec<(usize, String)> = Vec::new();
-    let mut ints: Vec<(usize, i64)> = Vec::new();
-    let mut n = 0usize;
-    let mut text = |conds: &mut Vec<String>, col: &str, v: &Option<String>| {
-        if let Some(v) = v {
-            n += 1;
-            conds.push(format!("{col} = ${n}"));
-            texts.push((n, v.clone()));
-        }
+    let mut params: Vec<P> = Vec::new();
+    let mut add = |cond: &str, p: P| {
+        params.push(p);
+        conds.push(format!("{cond} ${}", params.len()));
     };
-    text(&mut conds, "patient_id", &f.patient_id);
-    text(&mut conds, "issuer", &f.issuer);
-    text(&mut conds, "actor", &f.actor);
-    text(&mut conds, "study_uid", &f.study_uid);
-    for (col, op, v) in [
-        ("at", ">=", f.from_ms),
-        ("at", "<", f.to_ms),
-        ("seq", ">", f.after_seq),
+    for (col, v) in [
+        ("patient_id =", &f.patient_id),
+        ("issuer =", &f.issuer),
+        ("actor =", &f.actor),
+        ("study_uid =", &f.study_uid),
     ] {
         if let Some(v) = v {
-            n += 1;
-            conds.push(format!("{col} {op} ${n}"));
-            ints.push((n, v));
+            add(col, P::T(v.clone()));
         }
     }
-    n += 1;
-    let limit_p = n;
-    ints.push((n, f.limit.unwrap_or(1000).clamp(1, 10_000)));
+    for (cond, v) in [
+        ("at >=", f.from_ms),
+        ("at <", f.to_ms),
+        ("seq >", f.after_seq),
+    ] {
+        if let Some(v) = v {
+            add(cond, P::I(v));
+        }
+    }
     let where_ = if conds.is_empty() {
         String::new()
     } else {
         format!(" WHERE {}", conds.join(" AND "))
     };
-    let sql = format!("SELECT {COLS} FROM audit_log{where_} ORDER BY seq LIMIT ${limit_p}");
-    // Bind in placeholder order.
-    let mut binds: Vec<(usize, Result<String, i64>)> = texts
-        .into_iter()
-        .map(|(i, t)| (i, Ok(t)))
-        .chain(ints.into_iter().map(|(i, v)| (i, Err(v))))
-        .collect();
-    binds.sort_by_key(|b| b.0);
+    params.push(P::I(f.limit.unwrap_or(1000).clamp(1, 10_000)));
+    let sql = format!(
+        "SELECT {COLS} FROM audit_log{where_} ORDER BY seq LIMIT ${}",
+        params.len()
+    );
     let mut q = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql));
-    for (_, b) in binds {
-        q = match b {
-            Ok(t) => q.bind(t),
-            Err(i) => q.bind(i),
+    for p in params {
+        q = match p {
+            P::T(t) => q.bind(t),
+            P::I(i) => q.bind(i),
         };
     }
     Ok(q.fetch_all(&db.pool)

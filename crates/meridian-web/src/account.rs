@@ -6,13 +6,12 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use meridian_audit::AuditEvent;
 use meridian_auth::{Permission, PrincipalKind, password, token, totp};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{
-    Authed, CSRF_COOKIE, Credential, SESSION_COOKIE, client_addr, client_ip, cookie,
+    Authed, CSRF_COOKIE, Credential, SESSION_COOKIE, audit_sign_in, client_addr, client_ip,
 };
 use crate::{ApiError, AppState};
 
@@ -26,37 +25,6 @@ struct LoginBody {
     password: String,
     #[serde(default)]
     totp: Option<String>,
-}
-
-async fn audit_login(
-    st: &AppState,
-    user: &str,
-    role: &str,
-    action: &str,
-    source: &str,
-    outcome: u16,
-    detail: &str,
-) -> Result<(), ApiError> {
-    st.store
-        .audit(AuditEvent {
-            at_ms: meridian_store::now_ms(),
-            actor: user.chars().take(128).collect(),
-            role: role.to_owned(),
-            action: action.to_owned(),
-            source: source.to_owned(),
-            outcome: outcome.to_string(),
-            detail: detail.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Audit unavailable",
-                e.to_string(),
-            )
-        })
 }
 
 /// Whether a browser request comes from another origin (login CSRF).
@@ -162,7 +130,7 @@ async fn login_inner(
     let now = meridian_store::now_ms();
     let name = b.username.trim();
     if st.throttle.blocked(ip, now) {
-        audit_login(
+        audit_sign_in(
             st,
             name,
             "none",
@@ -203,7 +171,7 @@ async fn login_inner(
     .unwrap_or(false);
     if locked {
         st.throttle.failed(ip, now);
-        audit_login(
+        audit_sign_in(
             st,
             name,
             "none",
@@ -233,7 +201,7 @@ async fn login_inner(
         } else {
             "bad credentials"
         };
-        audit_login(st, name, "none", "LOGIN-FAILED", source, 401, detail).await?;
+        audit_sign_in(st, name, "none", "LOGIN-FAILED", source, 401, detail).await?;
         return Ok(failure(
             StatusCode::UNAUTHORIZED,
             "wrong user name or password",
@@ -261,7 +229,7 @@ async fn login_inner(
             st.store
                 .login_failed(&u.username, MAX_FAILURES, LOCK_MS)
                 .await?;
-            audit_login(
+            audit_sign_in(
                 st,
                 &u.username,
                 &u.role,
@@ -279,7 +247,7 @@ async fn login_inner(
     }
     st.store.login_succeeded(&u.username).await?;
     let (headers, csrf) = open_session(st, &u.username).await?;
-    audit_login(st, &u.username, &u.role, "LOGIN", source, 200, "password").await?;
+    audit_sign_in(st, &u.username, &u.role, "LOGIN", source, 200, "password").await?;
     Ok((
         headers,
         Json(json!({"user": u.username, "role": u.role, "site": u.site_id, "csrf": csrf})),
@@ -295,7 +263,7 @@ pub async fn logout(Authed(r): Authed, req: Request) -> Response {
     {
         return ApiError::from(e).into_response();
     }
-    if let Err(e) = audit_login(
+    if let Err(e) = audit_sign_in(
         &r,
         &r.who.name,
         r.who.role.as_str(),
@@ -322,7 +290,7 @@ pub async fn logout(Authed(r): Authed, req: Request) -> Response {
 }
 
 /// `GET /api/me`
-pub async fn me(Authed(r): Authed, h: HeaderMap) -> Response {
+pub async fn me(Authed(r): Authed) -> Response {
     let perms: Vec<&str> = Permission::ALL
         .into_iter()
         .filter(|p| r.who.may(*p))
@@ -345,7 +313,6 @@ pub async fn me(Authed(r): Authed, h: HeaderMap) -> Response {
         "kind": r.who.kind,
         "totp": totp,
         "permissions": perms,
-        "csrf": cookie(&h, CSRF_COOKIE).map(|_| "cookie"),
     }))
     .into_response()
 }

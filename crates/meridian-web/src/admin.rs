@@ -155,13 +155,12 @@ pub async fn add_token(Authed(r): Authed, Json(b): Json<NewToken>) -> Response {
         None => i64::from(b.days.unwrap_or(90).clamp(1, 3650)) * 86_400_000,
     };
     let expires = meridian_store::now_ms() + life_ms;
-    let (id, full) = token::generate();
-    let secret = full.rsplit('_').next().unwrap_or("");
+    let t = token::generate();
     if let Err(e) = r
         .store
         .create_token(
-            &id,
-            &token::hash_secret(secret),
+            &t.id,
+            &t.secret_hash,
             &b.name,
             role,
             b.site.as_deref(),
@@ -174,7 +173,7 @@ pub async fn add_token(Authed(r): Authed, Json(b): Json<NewToken>) -> Response {
     }
     (
         StatusCode::CREATED,
-        Json(json!({"token_id": id, "token": full, "role": role, "site": b.site, "expires_at": expires})),
+        Json(json!({"token_id": t.id, "token": t.text, "role": role, "site": b.site, "expires_at": expires})),
     )
         .into_response()
 }

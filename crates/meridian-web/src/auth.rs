@@ -326,53 +326,38 @@ pub async fn guard(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let resolved = resolve(&st, req.headers()).await;
+    // Public routes never look at the caller: no lookups for health, metrics, assets.
     if spec.perm == Permission::Public {
-        if let Ok(Some((p, _))) = resolved {
-            req.extensions_mut().insert(p);
-        }
         return next.run(req).await;
     }
+    let resolved = resolve(&st, req.headers()).await;
     let source = client_addr(&req);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let query: String = req.uri().query().unwrap_or("").chars().take(512).collect();
+    let denied = format!("DENIED {method} {}", spec.path);
+    let deny = |who: Option<&Principal>, why: &str, resp: Response| {
+        let ev = event(who, &denied, &path, &source, why, resp.status().as_u16());
+        let st = st.clone();
+        async move { audited(&st, ev, resp).await }
+    };
     let (who, cred) = match resolved {
         Ok(Some(x)) => x,
         other => {
             let why = other.err().unwrap_or("sign in or present a bearer token");
-            let resp = unauthorized(why);
-            return audited(
-                &st,
-                None,
-                &format!("DENIED {method} {}", spec.path),
-                &path,
-                &source,
-                why,
-                resp,
-            )
-            .await;
+            return deny(None, why, unauthorized(why)).await;
         }
     };
+    let forbidden = |detail: String| ApiError::new(StatusCode::FORBIDDEN, "Forbidden", detail);
     if !who.may(spec.perm) {
-        let resp = ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!(
-                "the {} role does not hold the {} permission",
-                who.role,
-                spec.perm.as_str()
-            ),
-        )
-        .into_response();
-        return audited(
-            &st,
+        let detail = format!(
+            "the {} role does not hold the {} permission",
+            who.role,
+            spec.perm.as_str()
+        );
+        return deny(
             Some(&who),
-            &format!("DENIED {method} {}", spec.path),
-            &path,
-            &source,
             "missing permission",
-            resp,
+            forbidden(detail).into_response(),
         )
         .await;
     }
@@ -385,55 +370,47 @@ pub async fn guard(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !token::same(sent, csrf) {
-            let resp = ApiError::new(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                format!(
-                    "missing or wrong {CSRF_HEADER} header (cookie sessions need it on changes)"
-                ),
-            )
-            .into_response();
-            return audited(
-                &st,
-                Some(&who),
-                &format!("DENIED {method} {}", spec.path),
-                &path,
-                &source,
-                "csrf",
-                resp,
-            )
-            .await;
+            let detail = format!(
+                "missing or wrong {CSRF_HEADER} header (cookie sessions need it on changes)"
+            );
+            return deny(Some(&who), "csrf", forbidden(detail).into_response()).await;
         }
     }
+    let query: String = req.uri().query().unwrap_or("").chars().take(512).collect();
     req.extensions_mut().insert(who.clone());
     req.extensions_mut().insert(cred);
     let resp = next.run(req).await;
     let action = match spec.audit {
         AuditKind::None => return resp,
-        AuditKind::PatientData => {
-            format!(
-                "{} {method} {}",
-                crate::audit::kind(&method, &path),
-                spec.path
-            )
-        }
+        AuditKind::PatientData => format!(
+            "{} {method} {}",
+            crate::audit::kind(&method, &path),
+            spec.path
+        ),
         AuditKind::Config => format!("ADMIN {method} {}", spec.path),
         AuditKind::AuditLog => format!("AUDIT-SEARCH {method} {}", spec.path),
     };
-    audited(&st, Some(&who), &action, &path, &source, &query, resp).await
+    let ev = event(
+        Some(&who),
+        &action,
+        &path,
+        &source,
+        &query,
+        resp.status().as_u16(),
+    );
+    audited(&st, ev, resp).await
 }
 
-/// Writes one audit record for a response; an access that cannot be audited is not served.
-pub async fn audited(
-    st: &AppState,
+/// An audit event of an HTTP access (the study comes from the path).
+fn event(
     who: Option<&Principal>,
     action: &str,
     path: &str,
     source: &str,
     detail: &str,
-    resp: Response,
-) -> Response {
-    let event = AuditEvent {
+    status: u16,
+) -> AuditEvent {
+    AuditEvent {
         at_ms: meridian_store::now_ms(),
         actor: who
             .map(|p| p.name.clone())
@@ -444,18 +421,53 @@ pub async fn audited(
         action: action.to_owned(),
         study_uid: crate::audit::study_of(path),
         source: source.to_owned(),
-        outcome: resp.status().as_u16().to_string(),
+        outcome: status.to_string(),
         detail: detail.chars().take(512).collect(),
         ..Default::default()
-    };
-    match st.store.audit(event).await {
-        Ok(_) => resp,
-        Err(e) => ApiError::new(
+    }
+}
+
+/// Appends one audit record (actor and detail bounded); 503 when it cannot be written.
+pub async fn write_audit(st: &AppState, mut event: AuditEvent) -> Result<(), ApiError> {
+    event.actor = event.actor.chars().take(128).collect();
+    event.detail = event.detail.chars().take(512).collect();
+    st.store.audit(event).await.map(|_| ()).map_err(|e| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Audit unavailable",
             e.to_string(),
         )
-        .into_response(),
+    })
+}
+
+/// A sign-in event (login, failed login, logout) of `user`, by any method.
+pub async fn audit_sign_in(
+    st: &AppState,
+    user: &str,
+    role: &str,
+    action: &str,
+    source: &str,
+    outcome: u16,
+    detail: &str,
+) -> Result<(), ApiError> {
+    let ev = AuditEvent {
+        at_ms: meridian_store::now_ms(),
+        actor: user.to_owned(),
+        role: role.to_owned(),
+        action: action.to_owned(),
+        source: source.to_owned(),
+        outcome: outcome.to_string(),
+        detail: detail.to_owned(),
+        ..Default::default()
+    };
+    write_audit(st, ev).await
+}
+
+/// Writes the audit record of a response; an access that cannot be audited is not served.
+async fn audited(st: &AppState, event: AuditEvent, resp: Response) -> Response {
+    match write_audit(st, event).await {
+        Ok(()) => resp,
+        Err(e) => e.into_response(),
     }
 }
 

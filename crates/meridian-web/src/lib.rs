@@ -31,6 +31,9 @@ use tower_http::trace::TraceLayer;
 pub use auth::{AuditKind, RouteSpec, Throttle};
 pub use error::ApiError;
 
+/// Largest body of a JSON API request (sign-in, administration).
+pub const JSON_BODY_LIMIT: usize = 64 * 1024;
+
 /// Web settings.
 #[derive(Debug, Clone)]
 pub struct WebConfig {
@@ -144,7 +147,6 @@ fn routes(state: &AppState) -> auth::Routes {
 
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
-    let max_request = state.cfg.max_request;
     let mut r = routes(&state);
     if state.cfg.viewer_dir.is_none() {
         r = r.get("/", Public, NO, index);
@@ -157,7 +159,9 @@ pub fn router(state: AppState) -> Router {
         )),
         None => app.fallback(|| async { ApiError::not_found("not found") }),
     };
-    app.layer(DefaultBodyLimit::max(max_request))
+    // JSON APIs take small bodies; STOW-RS reads its raw body under its own limits
+    // (`max_request`, `max_object`), which this default does not apply to.
+    app.layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(compression())
         .layer(TraceLayer::new_for_http())
         .layer(axum::middleware::map_response(security_headers))

@@ -8,12 +8,11 @@ use std::sync::Mutex;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use meridian_audit::AuditEvent;
 use meridian_auth::Role;
 use meridian_oidc::{OidcClient, OidcConfig, PendingLogin};
 use serde::Deserialize;
 
-use crate::auth::{client_addr, cookie};
+use crate::auth::{audit_sign_in, client_addr, cookie};
 use crate::{ApiError, AppState};
 
 const STATE_COOKIE: &str = "meridian_oidc";
@@ -127,37 +126,6 @@ pub struct Callback {
     error_description: Option<String>,
 }
 
-async fn audit(
-    st: &AppState,
-    actor: &str,
-    role: &str,
-    action: &str,
-    source: &str,
-    outcome: u16,
-    detail: &str,
-) -> Result<(), ApiError> {
-    st.store
-        .audit(AuditEvent {
-            at_ms: meridian_store::now_ms(),
-            actor: actor.chars().take(128).collect(),
-            role: role.to_owned(),
-            action: action.to_owned(),
-            source: source.to_owned(),
-            outcome: outcome.to_string(),
-            detail: detail.chars().take(512).collect(),
-            ..Default::default()
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Audit unavailable",
-                e.to_string(),
-            )
-        })
-}
-
 /// `GET /auth/oidc/callback`: checks the response, maps the identity to a
 /// user, opens a session.
 pub async fn callback(
@@ -169,7 +137,7 @@ pub async fn callback(
     match callback_inner(&st, q, req.headers(), &source).await {
         Ok(r) => r,
         Err((e, who)) => {
-            if let Err(a) = audit(
+            if let Err(a) = audit_sign_in(
                 &st,
                 &who,
                 "none",
@@ -294,7 +262,7 @@ async fn callback_inner(
     let (mut headers, _) = crate::account::open_session(st, &name)
         .await
         .map_err(|e| (e, name.clone()))?;
-    audit(st, &name, role.as_str(), "LOGIN", source, 200, "oidc")
+    audit_sign_in(st, &name, role.as_str(), "LOGIN", source, 200, "oidc")
         .await
         .map_err(|e| (e, name.clone()))?;
     if let Ok(v) = HeaderValue::from_str(&format!(

@@ -254,13 +254,12 @@ pub async fn token(a: TokenArgs) -> Result<()> {
             days,
         } => {
             let r = role_for(&role, &site)?;
-            let (id, full) = token::generate();
-            let secret = full.rsplit('_').next().unwrap_or("");
+            let t = token::generate();
             let expires = meridian_store::now_ms() + i64::from(days.clamp(1, 3650)) * 86_400_000;
             store
                 .create_token(
-                    &id,
-                    &token::hash_secret(secret),
+                    &t.id,
+                    &t.secret_hash,
                     &name,
                     r,
                     site.as_deref(),
@@ -271,11 +270,11 @@ pub async fn token(a: TokenArgs) -> Result<()> {
             audit(
                 &store,
                 "ADMIN CLI token create".into(),
-                format!("{id} {name} role={r} site={site:?}"),
+                format!("{} {name} role={r} site={site:?}", t.id),
             )
             .await?;
-            eprintln!("token {id} ({r}) created; it is shown once:");
-            println!("{full}");
+            eprintln!("token {} ({r}) created; it is shown once:", t.id);
+            println!("{}", t.text);
         }
         TokenCmd::List => {
             for t in store.tokens().await? {
