@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_archive.sql")),
     (2, include_str!("../migrations/0002_audit.sql")),
     (3, include_str!("../migrations/0003_security.sql")),
+    (4, include_str!("../migrations/0004_workflow.sql")),
 ];
 
 impl Db {

@@ -18,6 +18,7 @@ mod blobs;
 mod db;
 pub mod ingest;
 mod query;
+pub mod workflow;
 mod writer;
 
 use std::path::{Path, PathBuf};
