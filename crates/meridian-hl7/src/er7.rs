@@ -786,6 +786,37 @@ OBR|1|PL1|FL1|CTHEAD^CT Head \\T\\ Neck\\F\\w/o^L||||||||||||||ACC1\r";
     }
 
     #[test]
+    fn absurd_sizes() {
+        let l = Limits::default();
+        // 4 MiB of segment separators, 1 MiB + 1 of one field, 200k segments
+        let seps = vec![b'\r'; 4 << 20];
+        assert!(matches!(parse(&seps, &l), Err(ParseError::TooLarge { .. })));
+        let mut huge = b"MSH|^~\\&|".to_vec();
+        huge.resize(l.max_message_bytes + 1, b'x');
+        assert!(matches!(parse(&huge, &l), Err(ParseError::TooLarge { .. })));
+        let many = format!("MSH|^~\\&\r{}", "ZZZ|\r".repeat(200_000));
+        let loose = Limits {
+            max_message_bytes: usize::MAX,
+            ..Limits::default()
+        };
+        assert_eq!(
+            parse(many.as_bytes(), &loose).unwrap_err(),
+            ParseError::TooManySegments { limit: 1000 }
+        );
+        let wide = format!("MSH|^~\\&\rNTE|1||{}\r", "^".repeat(70_000));
+        assert!(matches!(
+            parse(wide.as_bytes(), &l),
+            Err(ParseError::FieldTooLong { .. })
+        ));
+        // blank lines do not count as segments
+        let blank = format!("MSH|^~\\&{}\rPID|1\r", "\r\n".repeat(5000));
+        assert_eq!(
+            parse(blank.as_bytes(), &l).unwrap().all_segments().count(),
+            2
+        );
+    }
+
+    #[test]
     fn limits() {
         let small = Limits {
             max_message_bytes: 100,

@@ -49,6 +49,8 @@ mod error;
 pub mod inbound;
 pub mod mllp;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod testmsg;
 
 pub use er7::{Header, Limits, Message, ParseError};
