@@ -642,3 +642,52 @@ async fn non_mllp_client_and_client_helper() {
     assert_eq!(parsed.header().message_type, "ACK");
     task.abort();
 }
+
+/// Not a peer test: the connection cap and the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_and_idle_timeout() {
+    let (port, _rec, task) = start(MllpConfig {
+        idle_timeout: Duration::from_secs(1),
+        max_connections: 2,
+        ..MllpConfig::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let reply = mllp::send(&mut s, orm_v23(&format!("K{i}")).as_bytes(), 64 * 1024)
+            .await
+            .expect("reply");
+        assert!(contains(&reply, b"MSA|AA|"));
+        held.push(s);
+    }
+    // a third connection is closed at once
+    let mut third = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_millis(900), third.read_to_end(&mut buf))
+        .await
+        .expect("third connection closed before the idle timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // the held ones go idle and are closed; then there is room again
+    for mut s in held {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .expect("idle connection closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let reply = mllp::send(&mut s, orm_v23("K9").as_bytes(), 64 * 1024)
+        .await
+        .expect("reply after the idle connections closed");
+    assert!(contains(&reply, b"MSA|AA|K9"));
+    task.abort();
+}
