@@ -81,16 +81,28 @@ pub enum Permission {
     AuditRead,
     /// Users, tokens, sites, AE titles, grants.
     Admin,
+    /// A reader's own worklist: see, claim, open, release (radiologists).
+    Worklist,
+    /// Place and read orders (within the principal's site).
+    Orders,
+    /// The coordinators' queue: unmatched studies and orders, manual match.
+    Coordinate,
+    /// The operations view of every open study.
+    Operations,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 6] = [
+    pub const ALL: [Permission; 10] = [
         Permission::Public,
         Permission::Authenticated,
         Permission::ImagesRead,
         Permission::ImagesStore,
         Permission::AuditRead,
         Permission::Admin,
+        Permission::Worklist,
+        Permission::Orders,
+        Permission::Coordinate,
+        Permission::Operations,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,6 +113,10 @@ impl Permission {
             Permission::ImagesStore => "images-store",
             Permission::AuditRead => "audit-read",
             Permission::Admin => "admin",
+            Permission::Worklist => "worklist",
+            Permission::Orders => "orders",
+            Permission::Coordinate => "coordinate",
+            Permission::Operations => "operations",
         }
     }
 }
@@ -115,18 +131,33 @@ pub const POLICY: &[(Role, &[Permission])] = &[
             Permission::ImagesStore,
             Permission::AuditRead,
             Permission::Admin,
+            Permission::Orders,
+            Permission::Coordinate,
+            Permission::Operations,
         ],
     ),
-    (Role::Radiologist, &[Permission::ImagesRead]),
+    (
+        Role::Radiologist,
+        &[Permission::ImagesRead, Permission::Worklist],
+    ),
     (
         Role::Site,
-        &[Permission::ImagesRead, Permission::ImagesStore],
+        &[
+            Permission::ImagesRead,
+            Permission::ImagesStore,
+            Permission::Orders,
+            Permission::Coordinate,
+        ],
     ),
     (Role::Referrer, &[]),
     (Role::Auditor, &[Permission::AuditRead]),
     (
         Role::Service,
-        &[Permission::ImagesRead, Permission::ImagesStore],
+        &[
+            Permission::ImagesRead,
+            Permission::ImagesStore,
+            Permission::Orders,
+        ],
     ),
 ];
 

@@ -125,7 +125,7 @@ pub struct CaseEvent {
 impl CaseEvent {
     pub fn new(c: &Case, at: i64, kind: &str, actor: &str, detail: String) -> CaseEvent {
         CaseEvent {
-            seq_id: format!("{at:013}-{:016x}", rand_u64()),
+            seq_id: format!("{at:013}-{:08x}{:08x}", next_seq(), rand_u64() as u32),
             study_uid: c.study_uid.clone(),
             site_id: c.site.clone(),
             at,
@@ -136,6 +136,38 @@ impl CaseEvent {
             detail,
         }
     }
+}
+
+type StudyRowT = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
+
+type EventRowT = (
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+);
+
+/// Orders the events of one instant as they were made (within a process).
+fn next_seq() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
 const CASE_COLS: &str = "study_uid, site_id, order_id, state, priority, protocol, subspecialty, modality, patient_key, rvu_milli, base_at, deadline, reading_ms, assigned_to, assigned_at, opened_at, lock_holder, lock_expires, released_by, explanation, flags, version, updated_at";
@@ -514,18 +546,7 @@ impl Store {
     // ---- studies (as workflow sees them) ----
 
     pub async fn study_facts(&self, study_uid: &str) -> Result<Option<StudyFacts>, StoreError> {
-        let row: Option<(
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            String,
-            Option<String>,
-            Option<String>,
-            i64,
-            Option<i64>,
-        )> = sqlx::query_as("SELECT study_uid, site_id, patient_id, issuer, accession, modalities, study_date, study_description, received_at, stable_at FROM studies WHERE study_uid = $1")
+        let row: Option<StudyRowT> = sqlx::query_as("SELECT study_uid, site_id, patient_id, issuer, accession, modalities, study_date, study_description, received_at, stable_at FROM studies WHERE study_uid = $1")
             .bind(study_uid)
             .fetch_optional(self.wpool())
             .await?;
@@ -699,17 +720,7 @@ impl Store {
         study_uid: &str,
         limit: i64,
     ) -> Result<Vec<CaseEvent>, StoreError> {
-        let rows: Vec<(
-            String,
-            String,
-            String,
-            i64,
-            String,
-            String,
-            String,
-            Option<String>,
-            String,
-        )> = sqlx::query_as(
+        let rows: Vec<EventRowT> = sqlx::query_as(
             "SELECT seq_id, study_uid, site_id, at, kind, state, actor, reader, detail FROM case_events WHERE at >= $1 AND ($2 = '' OR study_uid = $2) ORDER BY at, seq_id LIMIT $3",
         )
         .bind(since)

@@ -14,6 +14,7 @@ mod qido;
 mod stow;
 mod viewer;
 mod wado;
+pub mod workflow;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -23,13 +24,20 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use meridian_auth::Permission::{self, AuditRead, Authenticated, ImagesRead, ImagesStore, Public};
+use meridian_auth::Permission::{
+    self, AuditRead, Authenticated, Coordinate, ImagesRead, ImagesStore, Operations, Orders,
+    Public, Worklist,
+};
 use meridian_store::Store;
 use meridian_store::ingest::Ingest;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{AuditKind, RouteSpec, Throttle};
 pub use error::ApiError;
+
+/// True only in benchmark builds (feature `bench-unguarded`): every non-public route
+/// admits any request as an administrator, without authorisation or audit records.
+pub const UNGUARDED: bool = cfg!(feature = "bench-unguarded");
 
 /// Largest body of a JSON API request (sign-in, administration).
 pub const JSON_BODY_LIMIT: usize = 64 * 1024;
@@ -63,11 +71,14 @@ pub struct AppState {
     pub routes: Arc<OnceLock<Vec<RouteSpec>>>,
     /// Single sign-on, when configured.
     pub oidc: Option<Arc<oidc::Oidc>>,
+    /// The workflow service (orders, cases, routing, worklists).
+    pub dispatch: Arc<meridian_dispatch::Dispatch>,
 }
 
 impl AppState {
     pub fn new(store: Store, ingest: Ingest, cfg: WebConfig) -> AppState {
         AppState {
+            dispatch: meridian_dispatch::Dispatch::new(store.clone(), Default::default()),
             store,
             ingest,
             cfg: Arc::new(cfg),
@@ -141,8 +152,27 @@ fn routes(state: &AppState) -> auth::Routes {
         .delete("/api/admin/aes/{ae}", ADMIN, Config, admin::delete_ae)
         .post("/api/admin/grants", ADMIN, Config, admin::grant)
         .delete("/api/admin/grants/{username}/{study}", ADMIN, Config, admin::revoke_grant)
+        .get("/api/admin/sites/{site}/profile", ADMIN, NO, workflow::site_profile)
+        .put("/api/admin/sites/{site}/profile", ADMIN, Config, workflow::put_site_profile)
+        .get("/api/admin/readers", ADMIN, NO, workflow::readers)
+        .put("/api/admin/readers/{username}", ADMIN, Config, workflow::put_reader)
+        .get("/api/admin/expiring", ADMIN, NO, workflow::expiring)
         // Audit
         .get("/api/audit", AuditRead, AuditLog, auditlog::search)
+        // Workflow: orders, coordinators' queue, worklists, operations
+        .post("/api/orders", Orders, PatientData, workflow::create_order)
+        .get("/api/orders/{order}", Orders, PatientData, workflow::get_order)
+        .post("/fhir/ServiceRequest", Orders, PatientData, workflow::fhir_create)
+        .get("/fhir/ServiceRequest/{order}", Orders, PatientData, workflow::fhir_read)
+        .get("/api/reconcile", Coordinate, PatientData, workflow::reconcile_queue)
+        .post("/api/studies/{study}/match", Coordinate, PatientData, workflow::match_study)
+        .get("/api/worklist", Worklist, PatientData, workflow::worklist)
+        .get("/api/worklist/events", Worklist, PatientData, workflow::events)
+        .post("/api/worklist/heartbeat", Worklist, NO, workflow::heartbeat)
+        .post("/api/studies/{study}/claim", Worklist, PatientData, workflow::claim)
+        .post("/api/studies/{study}/release", Worklist, PatientData, workflow::release)
+        .get("/api/studies/{study}/case", ImagesRead, PatientData, workflow::case)
+        .get("/api/operations", Operations, PatientData, workflow::operations)
 }
 
 /// Builds the HTTP router.

@@ -114,7 +114,7 @@ pub struct GrantArgs {
     pub serve: ServeArgs,
 }
 
-fn os_user() -> String {
+pub(crate) fn os_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())

@@ -117,6 +117,9 @@ pub struct ServeArgs {
     /// PEM CA bundle that signs the audit repository's certificate.
     #[arg(global = true, long, env = "MERIDIAN_AUDIT_SYSLOG_CA")]
     pub audit_syslog_ca: Option<PathBuf>,
+    /// HL7 v2 MLLP listen address for orders, e.g. 127.0.0.1:2575 [default: off; demo: 127.0.0.1:2575].
+    #[arg(global = true, long, env = "MERIDIAN_HL7")]
+    pub hl7: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -153,6 +156,7 @@ struct FileConfig {
     oidc_roles: Vec<String>,
     audit_syslog: Option<String>,
     audit_syslog_ca: Option<PathBuf>,
+    hl7: Option<String>,
 }
 
 /// Resolved settings.
@@ -181,6 +185,8 @@ pub struct Settings {
     pub oidc: Option<OidcSettings>,
     pub audit_syslog: Option<String>,
     pub audit_syslog_ca: Option<PathBuf>,
+    /// HL7 MLLP listen address (None: off).
+    pub hl7: Option<String>,
 }
 
 /// Certificate, key and optional client CA (PEM files).
@@ -344,6 +350,11 @@ impl Settings {
             },
             audit_syslog: a.audit_syslog.or(f.audit_syslog),
             audit_syslog_ca: a.audit_syslog_ca.or(f.audit_syslog_ca),
+            hl7: a
+                .hl7
+                .or(f.hl7)
+                .or_else(|| demo.then(|| "127.0.0.1:2575".to_owned()))
+                .filter(|a| a != "off"),
         };
         if s.dicom_tls.is_some() && s.tls.is_none() {
             bail!("--dicom-tls needs --tls-cert and --tls-key");

@@ -49,7 +49,66 @@ pub async fn accounts(store: &Store) -> Result<Vec<(String, Role, String)>> {
         }
         out.push((user.to_owned(), role, pw));
     }
+    profiles(store).await?;
     Ok(out)
+}
+
+/// The demo site's contract and triage rules, and two readers: dr.reader (licensed in
+/// Texas, credentialed at the demo site) and dr.offshore (licensed in England only,
+/// so never eligible here: the explanations say so).
+async fn profiles(store: &Store) -> Result<()> {
+    let site: meridian_workflow::Site = serde_json::from_value(serde_json::json!({
+        "id": DEMO_SITE,
+        "name": "Demo Imaging Centre (synthetic)",
+        "time_zone": "America/Chicago",
+        "jurisdiction": "US-TX",
+        "data_region": "us",
+        "hl7_facilities": ["DEMO_RIS"],
+        "contract": {
+            "sla_minutes": {"stat": 30, "urgent": 120, "routine": 1440},
+            "protocol_sla_minutes": {"stroke": 20, "trauma": 30},
+            "mode": "pull",
+            "unordered": "read",
+            "unopened_minutes": 15
+        },
+        "rvu": {"CT": 1.5, "MR": 2.0, "CR": 0.3, "US": 0.7},
+        "triage": [
+            {"name": "code-stroke", "keywords": ["code stroke", "stroke"], "modality": ["CT", "MR"],
+             "priority": "stat", "protocol": "stroke", "subspecialty": "neuro"},
+            {"name": "trauma", "keywords": ["trauma"], "priority": "stat", "protocol": "trauma"},
+            {"name": "emergency-department", "location": ["ED", "E"], "priority": "urgent"}
+        ]
+    }))?;
+    store.put_site_profile(&site).await?;
+    if store.user("dr.offshore").await?.is_none() {
+        store
+            .add_user("dr.offshore", Role::Radiologist, None, None, None)
+            .await?;
+    }
+    let always =
+        serde_json::json!([{"days": [0, 1, 2, 3, 4, 5, 6], "start": "00:00", "end": "00:00"}]);
+    for r in [
+        serde_json::json!({
+            "id": DEMO_RADIOLOGIST, "name": "Dr Demo Reader (synthetic)", "time_zone": "America/Chicago",
+            "region": "us",
+            "licences": [{"jurisdiction": "US-TX", "number": "TX-DEMO-1", "expires": "2030-12-31"}],
+            "credentials": [{"site": DEMO_SITE, "scope": "final", "expires": "2030-06-30"}],
+            "subspecialties": ["neuro"], "modalities": ["CT", "MR", "CR", "US"],
+            "shifts": always, "max_concurrent": 8
+        }),
+        serde_json::json!({
+            "id": "dr.offshore", "name": "Dr Offshore (synthetic)", "time_zone": "Europe/London",
+            "region": "gb",
+            "licences": [{"jurisdiction": "GB", "number": "GMC-DEMO-2", "expires": "2030-12-31"}],
+            "credentials": [{"site": DEMO_SITE, "scope": "prelim", "expires": "2030-06-30"}],
+            "modalities": ["CT", "MR", "CR", "US"],
+            "shifts": always, "max_concurrent": 8
+        }),
+    ] {
+        let r: meridian_workflow::Reader = serde_json::from_value(r)?;
+        store.put_reader(&r).await?;
+    }
+    Ok(())
 }
 
 pub fn banner(
@@ -57,6 +116,7 @@ pub fn banner(
     http: SocketAddr,
     dicom: SocketAddr,
     dicom_tls: Option<SocketAddr>,
+    hl7: Option<SocketAddr>,
     logins: &[(String, Role, String)],
 ) {
     let web = if s.tls.is_some() { "https" } else { "http" };
@@ -95,6 +155,16 @@ pub fn banner(
             t.port()
         );
     }
+    if let Some(h) = hl7 {
+        println!(
+            "  HL7 v2 (MLLP):     {h}   orders from sending facility DEMO_RIS, e.g. mllp_send --port {} {} < order.hl7",
+            h.port(),
+            h.ip()
+        );
+    }
+    println!(
+        "  worklist:         {web}://{http}/api/worklist (as dr.reader)   operations: {web}://{http}/api/operations (as admin)"
+    );
     println!("  logins (new passwords on every start; sign in at {web}://{http}/login):");
     for (user, role, pw) in logins {
         println!("    {user:<12} {pw}   ({role})");
@@ -135,7 +205,8 @@ pub async fn load(ingest: &Ingest) -> Result<()> {
             _ => stored += 1,
         }
     }
-    // Until the workflow assigns studies, the demo radiologist is granted them explicitly.
+    // The demo radiologist may open every demo study in the viewer at once (the
+    // workflow grants access on claim or assignment; this saves a claim per study).
     for study in &studies {
         ingest.store.grant(DEMO_RADIOLOGIST, study, "demo").await?;
     }

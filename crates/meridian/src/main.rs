@@ -5,11 +5,12 @@ mod config;
 mod demo;
 mod tls;
 mod tools;
+mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use meridian_dimse::{AeRegistry, Scp, ScpConfig};
 use meridian_store::ingest::Ingest;
@@ -51,6 +52,8 @@ enum Cmd {
     Site(admin_cli::SiteArgs),
     /// Grant a user (radiologist) access to a study, or revoke it.
     Grant(admin_cli::GrantArgs),
+    /// Group administration: `import FILE` onboards sites and readers in bulk.
+    Admin(workflow::AdminArgs),
 }
 
 fn main() -> Result<()> {
@@ -81,6 +84,7 @@ fn main() -> Result<()> {
             Cmd::Token(a) => admin_cli::token(a).await,
             Cmd::Site(a) => admin_cli::site(a).await,
             Cmd::Grant(a) => admin_cli::grant(a).await,
+            Cmd::Admin(a) => workflow::admin(a).await,
         }
     })
 }
@@ -98,6 +102,9 @@ pub(crate) async fn open_store(s: &Settings) -> Result<Store> {
 }
 
 async fn serve(s: Settings, demo: bool) -> Result<()> {
+    if meridian_web::UNGUARDED {
+        unguarded_preflight(&s).await?;
+    }
     let store = open_store(&s).await?;
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -161,6 +168,12 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
         .map(|(l, _)| l.local_addr())
         .transpose()?;
     let http_addr = http.local_addr()?;
+    if meridian_web::UNGUARDED {
+        let bound = [Some(dicom_addr), dicom_tls_addr, Some(http_addr)];
+        if let Some(a) = bound.into_iter().flatten().find(|a| !a.ip().is_loopback()) {
+            bail!("this benchmark build (feature bench-unguarded) refuses to listen on {a}");
+        }
+    }
     let scheme = if https_tls.is_some() { "https" } else { "http" };
 
     let mut state = AppState::new(
@@ -234,9 +247,14 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
             }
         });
     }
+    let hl7_addr = match &s.hl7 {
+        Some(a) => Some(workflow::start_hl7(a, state.dispatch.clone(), demo).await?),
+        None => None,
+    };
+    tokio::spawn(state.dispatch.clone().run());
     let app = meridian_web::router(state);
 
-    tracing::info!(ae = %s.ae_title, %dicom_addr, ?dicom_tls_addr, %http_addr, https = https_tls.is_some(), data_dir = %s.data_dir.display(), db = ?store.db_kind(), "meridian listening");
+    tracing::info!(ae = %s.ae_title, %dicom_addr, ?dicom_tls_addr, ?hl7_addr, %http_addr, https = https_tls.is_some(), data_dir = %s.data_dir.display(), db = ?store.db_kind(), "meridian listening");
     let dimse_tls_task = match dicom_tls {
         Some((listener, cfg)) => tokio::spawn(scp.clone().serve_tls(listener, cfg)),
         None => tokio::spawn(std::future::pending::<std::io::Result<()>>()),
@@ -253,7 +271,7 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
     if demo {
         let logins = demo::accounts(&store).await?;
         registry.load(store.site_aes().await?);
-        demo::banner(&s, http_addr, dicom_addr, dicom_tls_addr, &logins);
+        demo::banner(&s, http_addr, dicom_addr, dicom_tls_addr, hl7_addr, &logins);
         let ing = ingest.clone();
         tokio::spawn(async move {
             if let Err(e) = demo::load(&ing).await {
@@ -310,6 +328,30 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
     sweeper.abort();
     store.close().await;
     tracing::info!("meridian stopped");
+    Ok(())
+}
+
+/// Benchmark builds (feature `bench-unguarded`, no authorisation and no audit on the
+/// HTTP side): a loud warning, and loopback listen addresses only.
+async fn unguarded_preflight(s: &Settings) -> Result<()> {
+    let banner = "WARNING: BENCHMARK BUILD (feature bench-unguarded): every HTTP request is \
+        admitted as an administrator, without authentication, authorisation or audit records. \
+        Never deploy this binary; it listens on loopback addresses only.";
+    eprintln!("\n{}\n{banner}\n{}\n", "!".repeat(80), "!".repeat(80));
+    tracing::warn!("{banner}");
+    let addrs = [Some(&s.http), Some(&s.dicom), s.dicom_tls.as_ref()];
+    for addr in addrs.into_iter().flatten() {
+        let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr.as_str())
+            .await
+            .with_context(|| format!("resolving listen address {addr}"))?
+            .collect();
+        if resolved.is_empty() || resolved.iter().any(|a| !a.ip().is_loopback()) {
+            bail!(
+                "this benchmark build (feature bench-unguarded) listens on loopback addresses \
+                 only, not {addr}"
+            );
+        }
+    }
     Ok(())
 }
 
