@@ -1,4 +1,4 @@
-"""Shared helpers for Meridian's benchmarks (bench/ingest, bench/qido).
+"""Shared helpers for Meridian's benchmarks (bench/ingest, bench/qido, bench/authz).
 
 Everything here runs on 127.0.0.1 only. Servers are started as child processes in
 their own session and stopped (SIGTERM, then SIGKILL) when the bench is done with
@@ -184,19 +184,21 @@ def percentile(xs, p: float) -> float:
 class Meridian:
     name = "meridian"
 
-    def __init__(self, data_dir: Path, log_dir: Path, extra_args=(), rust_log=None):
-        if not MERIDIAN_BIN.exists():
-            raise RuntimeError(f"{MERIDIAN_BIN} not found: run `cargo build --release` "
+    def __init__(self, data_dir: Path, log_dir: Path, extra_args=(), rust_log=None, binary: Path | None = None,
+                 log_name: str = "meridian.log"):
+        binary = binary or MERIDIAN_BIN
+        if not binary.exists():
+            raise RuntimeError(f"{binary} not found: run `cargo build --release` "
                                "(or set MERIDIAN_BIN, or leave meridian out of BENCH_TARGETS)")
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.aet = "MERIDIAN"
         self.data_dir = data_dir
-        self.log_path = log_dir / "meridian.log"
+        self.log_path = log_dir / log_name
         self.base = f"http://127.0.0.1:{self.http_port}"
         self.dicomweb = f"{self.base}/dicom-web"
         env = {"RUST_LOG": rust_log or os.environ.get("BENCH_RUST_LOG", "warn")}
-        self.proc = spawn([MERIDIAN_BIN, "serve", "--data-dir", data_dir,
+        self.proc = spawn([binary, "serve", "--data-dir", data_dir,
                            "--http", f"127.0.0.1:{self.http_port}",
                            "--dicom", f"127.0.0.1:{self.dicom_port}",
                            "--ae-title", self.aet, *extra_args], self.log_path, env=env)

@@ -321,6 +321,11 @@ fn is_unsafe(m: &Method) -> bool {
 }
 
 /// The one gate of every route.
+// With the benchmark-only feature, everything after its early return is unreachable.
+#[cfg_attr(
+    feature = "bench-unguarded",
+    allow(unreachable_code, unused_mut, unused_variables)
+)]
 pub async fn guard(
     State((st, spec)): State<(AppState, RouteSpec)>,
     mut req: Request,
@@ -329,6 +334,10 @@ pub async fn guard(
     // Public routes never look at the caller: no lookups for health, metrics, assets.
     if spec.perm == Permission::Public {
         return next.run(req).await;
+    }
+    #[cfg(feature = "bench-unguarded")]
+    {
+        return unguarded::admit(req, next).await;
     }
     let resolved = resolve(&st, req.headers()).await;
     let source = client_addr(&req);
@@ -399,6 +408,32 @@ pub async fn guard(
         resp.status().as_u16(),
     );
     audited(&st, ev, resp).await
+}
+
+/// Benchmarks only (feature `bench-unguarded`): what a request costs without the gate.
+#[cfg(feature = "bench-unguarded")]
+mod unguarded {
+    use axum::extract::Request;
+    use axum::middleware::Next;
+    use axum::response::Response;
+    use meridian_auth::{Principal, PrincipalKind, Role};
+
+    use super::Credential;
+
+    /// The principal of every request: an administrator without a site (scope: all).
+    pub const NAME: &str = "bench-unguarded";
+
+    /// Admits the request as [`NAME`]: no credential lookup, no policy, no CSRF, no audit.
+    pub async fn admit(mut req: Request, next: Next) -> Response {
+        req.extensions_mut().insert(Principal {
+            name: NAME.to_owned(),
+            kind: PrincipalKind::Token,
+            role: Role::Admin,
+            site: None,
+        });
+        req.extensions_mut().insert(Credential::Token);
+        next.run(req).await
+    }
 }
 
 /// An audit event of an HTTP access (the study comes from the path).
