@@ -1073,3 +1073,274 @@ async fn accounts_tokens_sessions_and_lockout() {
         .unwrap();
     assert_eq!(o.role, "auditor");
 }
+
+#[tokio::test]
+async fn workflow_profiles_orders_and_cases() {
+    use meridian_auth::Role;
+    use meridian_store::workflow::{CaseEvent, OrderRow};
+    use meridian_workflow::model::{Case, Lock, Priority, Reader, Site, State};
+    let e = env().await;
+    let s = &e.store;
+
+    // Site profiles: created with their site, read back whole.
+    let site: Site = serde_json::from_value(serde_json::json!({
+        "id": "site-a", "jurisdiction": "US-TX", "time_zone": "America/Chicago",
+        "hl7_facilities": ["RIS_A"], "contract": {"mode": "pull"},
+        "triage": [{"name": "stroke", "keywords": ["stroke"], "priority": "stat"}]
+    }))
+    .unwrap();
+    s.put_site_profile(&site).await.unwrap();
+    assert_eq!(s.site_profile("site-a").await.unwrap(), Some(site.clone()));
+    assert_eq!(s.site_profiles().await.unwrap(), vec![site.clone()]);
+    assert!(
+        s.sites()
+            .await
+            .unwrap()
+            .iter()
+            .any(|x| x.site_id == "site-a")
+    );
+    assert_eq!(s.site_profile("nowhere").await.unwrap(), None);
+
+    // Readers must be radiologist users.
+    let reader: Reader = serde_json::from_value(serde_json::json!({
+        "id": "dr.a", "licences": [{"jurisdiction": "US-TX", "expires": "2030-01-01"}],
+        "credentials": [{"site": "site-a", "scope": "final", "expires": "2030-01-01"}],
+        "modalities": ["CT"]
+    }))
+    .unwrap();
+    assert!(s.put_reader(&reader).await.is_err(), "no such user yet");
+    s.add_user("dr.a", Role::Site, Some("site-a"), None, None)
+        .await
+        .unwrap();
+    assert!(s.put_reader(&reader).await.is_err(), "not a radiologist");
+    s.add_user("dr.b", Role::Radiologist, None, None, None)
+        .await
+        .unwrap();
+    let mut rb = reader.clone();
+    rb.id = "dr.b".into();
+    s.put_reader(&rb).await.unwrap();
+    assert_eq!(s.reader("dr.b").await.unwrap(), Some(rb.clone()));
+    assert!(s.touch_reader("dr.b", 1234).await.unwrap());
+    assert!(!s.touch_reader("dr.nobody", 1234).await.unwrap());
+    assert_eq!(s.readers().await.unwrap(), vec![(rb.clone(), 1234)]);
+
+    // Orders: a re-sent order (same placer number) updates, never duplicates.
+    let o = OrderRow {
+        site_id: "site-a".into(),
+        accession: "ACC1".into(),
+        placer: "PL1".into(),
+        patient_id: "12345".into(),
+        issuer: "HOSP_A".into(),
+        priority: "routine".into(),
+        modality: "CT".into(),
+        ordered_at: 1_000,
+        source: "hl7".into(),
+        ..OrderRow::default()
+    };
+    let (first, created) = s.save_order(&o).await.unwrap();
+    assert!(created && first.status == "active");
+    let mut again = o.clone();
+    again.priority = "stat".into();
+    let (second, created) = s.save_order(&again).await.unwrap();
+    assert!(!created && second.order_id == first.order_id);
+    let got = s.order(&first.order_id).await.unwrap().unwrap();
+    assert_eq!(got.priority, "stat");
+    assert_eq!(
+        s.find_order("site-a", "", "ACC1")
+            .await
+            .unwrap()
+            .unwrap()
+            .order_id,
+        first.order_id
+    );
+    assert!(
+        s.find_order("site-b", "PL1", "ACC1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        s.orders(Some("site-a"), "active", 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(s.orders(None, "active", 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.orders(Some("site-b"), "active", 10).await.unwrap().len(),
+        0
+    );
+    assert_eq!(
+        s.patient_orders("site-a", "12345", "HOSP_A")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Same ID, other issuer: another patient.
+    assert!(
+        s.patient_orders("site-a", "12345", "HOSP_B")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.update_patient("site-a", "12345", "HOSP_B", "X^Y", "", "")
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.update_patient("site-a", "12345", "HOSP_A", "DOE^JANE", "19700101", "F")
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        s.set_order_status(&first.order_id, "matched", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.set_order_status(&first.order_id, "matched", Some("1.2.3"))
+            .await
+            .unwrap()
+    );
+    let got = s.order(&first.order_id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            got.status.as_str(),
+            got.study_uid.as_deref(),
+            got.patient_name.as_str()
+        ),
+        ("matched", Some("1.2.3"), "DOE^JANE")
+    );
+
+    // Cases: inserted once, changed only at the version read.
+    let mut c = Case {
+        study_uid: "1.2.3".into(),
+        site: "site-a".into(),
+        state: State::Ready,
+        priority: Priority::Stat,
+        protocol: Some("stroke".into()),
+        subspecialty: None,
+        modality: "CT".into(),
+        patient_key: "site-a|HOSP_A|12345".into(),
+        rvu: 1.5,
+        base_at: 10,
+        deadline: 1_800_010,
+        reading_ms: 900_000,
+        assigned_to: None,
+        assigned_at: None,
+        opened_at: None,
+        lock: None,
+        released_by: vec![],
+    };
+    let evs = vec![
+        CaseEvent::new(&c, 5, "stable", "archive", String::new()),
+        CaseEvent::new(&c, 5, "matched", "workflow", "by accession".into()),
+    ];
+    assert!(
+        s.insert_case(&c, Some(&first.order_id), None, &evs)
+            .await
+            .unwrap()
+    );
+    assert!(!s.insert_case(&c, None, None, &evs).await.unwrap());
+    let stored = s.case("1.2.3").await.unwrap().unwrap();
+    assert_eq!(stored.case, c);
+    assert_eq!(stored.version, 0);
+    assert_eq!(s.ready_at("site-a", 10).await.unwrap().len(), 1);
+    assert_eq!(s.open_cases().await.unwrap().len(), 1);
+
+    c.state = State::Opened;
+    c.assigned_to = Some("dr.b".into());
+    c.lock = Some(Lock {
+        reader: "dr.b".into(),
+        expires: 99,
+    });
+    c.released_by = vec!["dr.x".into(), "dr.y".into()];
+    let expl = serde_json::json!({"summary": "dr.b claimed it"});
+    let ev = CaseEvent::new(&c, 6, "claimed", "dr.b", String::new());
+    assert!(
+        s.update_case(
+            &c,
+            Some(&first.order_id),
+            Some(&expl),
+            &["at-risk".into()],
+            0,
+            &[ev.clone()]
+        )
+        .await
+        .unwrap()
+    );
+    // A second writer that read version 0 loses, and writes nothing.
+    let mut other = c.clone();
+    other.assigned_to = Some("dr.z".into());
+    assert!(
+        !s.update_case(&other, None, None, &[], 0, &[ev])
+            .await
+            .unwrap()
+    );
+    let stored = s.case("1.2.3").await.unwrap().unwrap();
+    assert_eq!(stored.case, c);
+    assert_eq!(
+        (
+            stored.version,
+            stored.flags.clone(),
+            stored.explanation.clone()
+        ),
+        (1, vec!["at-risk".to_owned()], Some(expl))
+    );
+    assert_eq!(s.assigned_to("dr.b").await.unwrap().len(), 1);
+    assert!(s.ready_at("site-a", 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.cases_in(&[State::Opened], Some("site-a"), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.cases_in(&[State::Opened], Some("site-b"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Events: in order, per study or all since an instant.
+    let kinds: Vec<String> = s
+        .case_events(0, "1.2.3", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["stable", "matched", "claimed"]);
+    assert_eq!(s.case_events(6, "", 100).await.unwrap().len(), 1);
+
+    // A stable study without a case is found (restart, missed event), with its facts.
+    s.store(
+        "site-a",
+        info("2.9", "2.9.1", "2.9.1.1", &[(0x0008_0050, "ACC9")]),
+        Bytes::from_static(b"a"),
+    )
+    .await
+    .unwrap();
+    assert!(s.stable_without_case(10).await.unwrap().is_empty());
+    s.sweep_stable(0, meridian_store::now_ms() + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.stable_without_case(10).await.unwrap(),
+        vec!["2.9".to_owned()]
+    );
+    let f = s.study_facts("2.9").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            f.site_id.as_deref(),
+            f.accession.as_str(),
+            f.patient_id.as_str(),
+            f.modalities.clone()
+        ),
+        (Some("site-a"), "ACC9", "P1", vec!["CT".to_owned()])
+    );
+    assert!(f.stable_at.is_some());
+}
