@@ -22,7 +22,7 @@ import requests
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from conftest import E2E_PASSWORD, MERIDIAN_BIN, Server, free_port
+from conftest import E2E_PASSWORD, E2E_SITE, MERIDIAN_BIN, Server, free_port
 import dicomfiles as df
 
 TIMEOUT = 30
@@ -397,6 +397,27 @@ def test_unregistered_calling_ae_over_tls_is_rejected(tls_server, pki):
     cp = echoscu_tls(tls_server, cert=(pki.client_cert, pki.client_key), aet="NOT-REGISTERED", check=False)
     assert cp.returncode != 0
     assert "reject" in (cp.stdout + cp.stderr).lower(), cp.stdout + cp.stderr
+
+
+def test_bound_calling_ae_over_tls_from_another_address_is_rejected(tls_server, pki):
+    s = requests.Session()
+    s.meridian_no_token = True
+    r = s.post(f"{tls_server.https_url}/auth/login", json={"username": "e2e-admin", "password": E2E_PASSWORD},
+               verify=str(pki.ca), timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    r = s.put(f"{tls_server.https_url}/api/admin/sites/{E2E_SITE}/aes/BOUND-TLS", json={"host": "10.9.9.9"},
+              headers={"X-CSRF-Token": r.json()["csrf"]}, verify=str(pki.ca), timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    # Same decision as over plain TCP: A-ASSOCIATE-RJ during negotiation, audited as a denial.
+    cp = echoscu_tls(tls_server, cert=(pki.client_cert, pki.client_key), aet="BOUND-TLS", check=False)
+    out = cp.stdout + cp.stderr
+    assert cp.returncode != 0 and "Association Rejected" in out and "abort" not in out.lower(), out
+    deadline = time.time() + 10  # the record is written right after the A-ASSOCIATE-RJ is sent
+    while not (denied := [x["event"] for x in _audit_list(tls_server) if x["event"]["actor"] == "ae:BOUND-TLS"]) \
+            and time.time() < deadline:
+        time.sleep(0.2)
+    assert denied and all(e["action"] == "DENIED association" and "another address" in e["detail"]
+                          for e in denied), denied
 
 
 def test_plain_dicom_to_the_tls_port_fails_and_tls_to_the_plain_port_too(tls_server, pki):

@@ -1,7 +1,7 @@
 //! The DIMSE SCP: C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use dicom_core::value::Value;
@@ -102,21 +102,23 @@ impl AeRegistry {
             None => Err("calling AE title is not registered to a site"),
         }
     }
-
-    fn known(&self, calling: &str) -> bool {
-        self.quarantine
-            || self
-                .map
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(calling.trim())
-    }
 }
 
-/// Association access control: unknown calling AE titles get A-ASSOCIATE-RJ
-/// (permanent, calling AE title not recognized).
+/// The access decision of one association: the caller's site, or the calling AE
+/// title and why it was refused.
+type Decision = Result<String, (String, &'static str)>;
+
+/// Association access control of one connection, which knows the peer's address:
+/// a calling AE title that is not registered (without quarantine), or is bound to
+/// another address, gets A-ASSOCIATE-RJ (permanent, calling AE title not
+/// recognized). The decision is kept for the association (its site) or for the
+/// audit record of the denial.
 #[derive(Clone)]
-pub struct AeCheck(AeRegistry);
+pub struct AeCheck {
+    registry: AeRegistry,
+    peer: IpAddr,
+    decision: Arc<OnceLock<Decision>>,
+}
 
 impl AccessControl for AeCheck {
     fn check_access(
@@ -126,12 +128,39 @@ impl AccessControl for AeCheck {
         _called_ae_title: &str,
         _user_identity: Option<&UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
-        if self.0.known(calling_ae_title) {
+        let calling = calling_ae_title.trim();
+        let decision = self
+            .registry
+            .site_of(calling, self.peer)
+            .map_err(|why| (calling.to_owned(), why));
+        let ok = decision.is_ok();
+        if let Err((_, why)) = &decision {
+            tracing::warn!(peer = %self.peer, calling = %calling, why, "association rejected");
+        }
+        // One request per connection: a second decision cannot happen; keep the first.
+        let _ = self.decision.set(decision);
+        if ok {
             Ok(())
         } else {
-            tracing::warn!(calling = %calling_ae_title, "association rejected: calling AE title not registered");
             Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
         }
+    }
+}
+
+/// The access control of the shared options, replaced on every connection by an
+/// [`AeCheck`] for its peer; if it were ever asked, it would refuse.
+#[derive(Clone, Copy)]
+struct NoPeer;
+
+impl AccessControl for NoPeer {
+    fn check_access(
+        &self,
+        _this_ae_title: &str,
+        _calling_ae_title: &str,
+        _called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
     }
 }
 
@@ -205,13 +234,16 @@ impl Negotiation for RoleNegotiation {
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// The association options shared by all connections (TCP, or TLS with its configuration).
+type Template = ServerAssociationOptions<'static, NoPeer, RoleNegotiation>;
+/// The association options of one connection, with its peer's access control.
 type Options = ServerAssociationOptions<'static, AeCheck, RoleNegotiation>;
 
 /// The running SCP.
 pub struct Scp {
     cfg: ScpConfig,
     ingest: Ingest,
-    options: Options,
+    options: Template,
     slots: Arc<Semaphore>,
     registry: AeRegistry,
 }
@@ -229,8 +261,8 @@ const SERVICE_CLASSES: &[&str] = &[
 impl Scp {
     pub fn new(cfg: ScpConfig, ingest: Ingest, registry: AeRegistry) -> Arc<Scp> {
         LazyLock::force(&OPEN);
-        let mut options: Options = ServerAssociationOptions::new()
-            .ae_access_control(AeCheck(registry.clone()))
+        let mut options: Template = ServerAssociationOptions::new()
+            .ae_access_control(NoPeer)
             .ae_title(cfg.ae_title.clone())
             .max_pdu_length(cfg.max_pdu)
             // Non-strict: an A-ASSOCIATE-RQ proposing ~120 storage contexts is
@@ -269,6 +301,17 @@ impl Scp {
         self.accept(listener, None).await
     }
 
+    /// The options of one connection: `template` with the access control of `peer`.
+    fn options_for(&self, template: &Template, peer: IpAddr) -> (Options, Arc<OnceLock<Decision>>) {
+        let decision = Arc::new(OnceLock::new());
+        let check = AeCheck {
+            registry: self.registry.clone(),
+            peer,
+            decision: decision.clone(),
+        };
+        (template.clone().ae_access_control(check), decision)
+    }
+
     /// Accepts associations over TLS (DICOM PS3.15 B.9, BCP 195) until the
     /// listener fails. `tls` decides versions, cipher suites and whether a
     /// client certificate is required; everything after the handshake (AE
@@ -285,7 +328,7 @@ impl Scp {
     async fn accept(
         self: Arc<Self>,
         listener: TcpListener,
-        tls: Option<Arc<Options>>,
+        tls: Option<Arc<Template>>,
     ) -> std::io::Result<()> {
         loop {
             let (sock, peer) = listener.accept().await?;
@@ -298,14 +341,18 @@ impl Scp {
                     return;
                 };
                 OPEN.inc();
+                // The calling AE title is checked against the peer's address during
+                // negotiation, so a refusal is an A-ASSOCIATE-RJ, over TCP and TLS alike.
+                let (options, decision) =
+                    this.options_for(tls.as_deref().unwrap_or(&this.options), peer.ip());
                 let run = async {
                     match &tls {
                         None => {
                             this.refuse_tls_hello(&sock).await?;
-                            let assoc = this.options.establish_async(sock).await?;
-                            this.association(assoc, peer).await
+                            let assoc = options.establish_async(sock).await;
+                            this.association(assoc, &decision, peer).await
                         }
-                        Some(options) => {
+                        Some(_) => {
                             // dicom-ul bounds the A-ASSOCIATE-RQ read, not the
                             // TLS handshake before it: bound both.
                             let assoc = tokio::time::timeout(
@@ -317,8 +364,8 @@ impl Scp {
                                 DimseError::Unexpected(
                                     "TLS handshake or association request timed out".into(),
                                 )
-                            })??;
-                            this.association(assoc, peer).await
+                            })?;
+                            this.association(assoc, &decision, peer).await
                         }
                     }
                 };
@@ -350,30 +397,42 @@ impl Scp {
         }
     }
 
+    /// Serves a negotiated association, or audits the denial of a rejected one
+    /// (`decision`: what [`AeCheck`] decided during negotiation).
     async fn association<S: Stream>(
         &self,
-        mut assoc: AsyncServerAssociation<S>,
+        established: Result<AsyncServerAssociation<S>, dicom_ul::association::Error>,
+        decision: &OnceLock<Decision>,
         peer: SocketAddr,
     ) -> Result<(), DimseError> {
-        let calling = assoc.peer_ae_title().trim().to_owned();
-        let site = match self.registry.site_of(&calling, peer.ip()) {
-            Ok(s) => s,
-            Err(why) => {
-                // Registered, but from another address: accepted by the title, refused here.
-                tracing::warn!(%peer, calling = %calling, why, "association aborted");
+        let (mut assoc, site) = match (established, decision.get()) {
+            (Ok(assoc), Some(Ok(site))) => (assoc, site.clone()),
+            (established, Some(Err((calling, why)))) => {
+                // A-ASSOCIATE-RJ has been sent (dicom-ul returns the rejection as an error).
+                if let Ok(assoc) = established {
+                    assoc.abort().await.ok();
+                }
                 self.audit(
-                    &calling,
+                    calling,
                     peer,
                     "DENIED association".into(),
                     None,
                     "denied".into(),
-                    why.into(),
+                    (*why).into(),
                 )
                 .await;
-                assoc.abort().await.ok();
                 return Ok(());
             }
+            (Err(e), _) => return Err(e.into()),
+            (Ok(assoc), None) => {
+                // Negotiation always asks the access control before accepting.
+                assoc.abort().await.ok();
+                return Err(DimseError::Unexpected(
+                    "association accepted without an access decision".into(),
+                ));
+            }
         };
+        let calling = assoc.peer_ae_title().trim().to_owned();
         tracing::debug!(%peer, calling = %calling, %site, "association accepted");
         let who = Principal {
             name: format!("ae:{calling}"),
@@ -1123,4 +1182,82 @@ pub fn transcode(ds: &[u8], from: &str, to: &str) -> Result<Vec<u8>, String> {
 #[allow(dead_code)]
 fn tag_u32(t: Tag) -> u32 {
     (u32::from(t.0) << 16) | u32::from(t.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_store::accounts::SiteAe;
+
+    fn registry(quarantine: bool) -> AeRegistry {
+        let r = AeRegistry::new(quarantine);
+        r.load(vec![
+            SiteAe {
+                ae_title: "FREE".into(),
+                site_id: "a".into(),
+                host: None,
+            },
+            SiteAe {
+                ae_title: "BOUND".into(),
+                site_id: "b".into(),
+                host: Some("10.9.9.9".into()),
+            },
+        ]);
+        r
+    }
+
+    fn check(r: &AeRegistry, calling: &str, ip: &str) -> (bool, Decision) {
+        let c = AeCheck {
+            registry: r.clone(),
+            peer: ip.parse().expect("test address"),
+            decision: Arc::default(),
+        };
+        let ok = c.check_access("MERIDIAN", calling, "MERIDIAN", None);
+        if let Err(reason) = &ok {
+            assert_eq!(
+                *reason,
+                AssociationRJServiceUserReason::CallingAETitleNotRecognized
+            );
+        }
+        (ok.is_ok(), c.decision.get().cloned().expect("decided"))
+    }
+
+    #[test]
+    fn a_bound_title_is_rejected_from_another_address() {
+        let r = registry(false);
+        assert_eq!(
+            check(&r, "BOUND", "127.0.0.1"),
+            (
+                false,
+                Err((
+                    "BOUND".into(),
+                    "calling AE title is registered for another address"
+                ))
+            )
+        );
+        assert_eq!(check(&r, "BOUND", "10.9.9.9"), (true, Ok("b".into())));
+        assert_eq!(check(&r, "FREE  ", "127.0.0.1"), (true, Ok("a".into())));
+    }
+
+    #[test]
+    fn unknown_titles_are_rejected_unless_quarantined() {
+        let (ok, d) = check(&registry(false), "WHO", "127.0.0.1");
+        assert!(!ok);
+        assert_eq!(
+            d,
+            Err(("WHO".into(), "calling AE title is not registered to a site"))
+        );
+        let q = registry(true);
+        assert_eq!(
+            check(&q, "WHO", "127.0.0.1"),
+            (true, Ok(QUARANTINE_SITE.into()))
+        );
+        // Quarantine does not open a bound title to other addresses.
+        assert!(!check(&q, "BOUND", "127.0.0.1").0);
+    }
+
+    #[test]
+    fn the_shared_options_refuse_without_a_peer() {
+        assert!(NoPeer.check_access("A", "B", "C", None).is_err());
+    }
 }
