@@ -192,7 +192,9 @@ pub fn explain(
 ) -> Explanation {
     let day = today(now);
     let mut eligible = Vec::new();
-    let mut groups: BTreeMap<Vec<Reason>, Excluded> = BTreeMap::new();
+    // Hashed, not ordered: the groups are sorted below by (count, reasons), a total
+    // order over distinct reason lists, so the map's order does not show.
+    let mut groups: HashMap<Vec<Reason>, Excluded> = HashMap::new();
     let idle = Presence::default();
     for r in readers {
         let p = presence.get(&r.id).unwrap_or(&idle);
@@ -206,11 +208,16 @@ pub fn explain(
                 subspecialty: case.subspecialty.as_deref().is_some_and(|s| has_sub(r, s)),
             });
         } else {
-            let g = groups.entry(why.clone()).or_insert_with(|| Excluded {
-                reasons: why,
-                count: 0,
-                readers: Vec::new(),
-            });
+            // Look up before inserting: most readers fall into an existing group, and the
+            // key would otherwise be cloned for every one of them.
+            let g = match groups.get_mut(&why) {
+                Some(g) => g,
+                None => groups.entry(why.clone()).or_insert_with(|| Excluded {
+                    reasons: why,
+                    count: 0,
+                    readers: Vec::new(),
+                }),
+            };
             g.count += 1;
             if g.readers.len() < NAMES_PER_GROUP {
                 g.readers.push(r.id.clone());
