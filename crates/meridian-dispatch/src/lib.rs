@@ -1037,7 +1037,10 @@ impl Dispatch {
         };
         let day = eligibility::today(now);
         for s in Self::reader_sites(&me, &sites, now) {
-            if s.contract.mode != Mode::Pull || f.site.as_ref().is_some_and(|x| *x != s.id) {
+            if s.contract.mode != Mode::Pull
+                || !routing::covered(s, now)
+                || f.site.as_ref().is_some_and(|x| *x != s.id)
+            {
                 continue;
             }
             for c in self.store.ready_at(&s.id, limit as i64 * 4).await? {

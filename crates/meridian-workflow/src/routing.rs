@@ -2,7 +2,8 @@
 //!
 //! Pure and deterministic: [`plan`] takes the whole state ([`World`]) and the clock and
 //! returns what to change ([`Plan`]); the caller persists it. Policy:
-//! - candidates: ready, unassigned cases at push-mode sites, earliest deadline first
+//! - candidates: ready, unassigned cases at push-mode sites the group covers now
+//!   (the contract's coverage windows), earliest deadline first
 //!   (then priority, then base time, then UID);
 //! - eligibility: [`crate::eligibility::check`] (licence, credential and scope,
 //!   modality, required subspecialty, shift, presence, load cap, residency);
@@ -118,6 +119,13 @@ pub struct Plan {
     /// Cases no eligible reader could take, with why (for the operations view).
     pub unassigned: Vec<(String, Explanation)>,
     pub flags: Vec<Flag>,
+}
+
+/// Whether the group covers `site` at `now` (its contract's coverage windows, in the
+/// site's time zone; none = always). Outside coverage nothing is assigned or claimed.
+pub fn covered(site: &Site, now: Millis) -> bool {
+    site.contract.coverage.is_empty()
+        || shift::in_windows(&site.contract.coverage, &site.time_zone, now)
 }
 
 /// Earliest deadline first; ties by priority, base time, UID.
@@ -356,7 +364,7 @@ pub fn plan(world: &World, now: Millis) -> Plan {
             let push = world
                 .sites
                 .get(&c.site)
-                .is_some_and(|s| s.contract.mode == Mode::Push);
+                .is_some_and(|s| s.contract.mode == Mode::Push && covered(s, now));
             let ready = (c.state == State::Ready && c.assigned_to.is_none())
                 || released.contains_key(c.study_uid.as_str());
             push && ready && c.locked_by(now).is_none()
@@ -427,6 +435,8 @@ pub enum ClaimError {
     NotOpen(State),
     #[error("unknown reader or site")]
     Unknown,
+    #[error("the group does not cover this site now")]
+    NotCovered,
 }
 
 /// A reader takes a case (pull), or opens one assigned to them (push): the reading lock
@@ -461,6 +471,9 @@ pub fn claim(
     }
     let reader = world.reader(reader_id).ok_or(ClaimError::Unknown)?;
     let site = world.sites.get(&case.site).ok_or(ClaimError::Unknown)?;
+    if !covered(site, now) {
+        return Err(ClaimError::NotCovered);
+    }
     let presence = world.presence(now);
     let mut p = presence.get(reader_id).cloned().unwrap_or_default();
     // Claiming is an act of presence.

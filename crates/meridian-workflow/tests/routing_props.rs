@@ -46,7 +46,17 @@ fn world(seed: u64, n_sites: usize, n_readers: usize, n_cases: usize) -> World {
     let mut g = Gen(seed | 1);
     let mut sites = BTreeMap::new();
     for i in 0..n_sites {
+        let coverage = if g.chance(20) {
+            vec![Window {
+                days: (0..7).collect(),
+                start: time(g.below(24) as i8, 0, 0, 0),
+                end: time(g.below(24) as i8, 0, 0, 0),
+            }]
+        } else {
+            vec![]
+        };
         let mut contract = Contract {
+            coverage,
             prelim_accepted: g.chance(30),
             mode: if g.chance(25) { Mode::Pull } else { Mode::Push },
             unopened_minutes: 5 + g.below(20) as u32,
@@ -326,10 +336,11 @@ proptest! {
         }
         // Deterministic.
         prop_assert_eq!(&plan, &routing::plan(&w, NOW));
-        // Only push-mode sites are assigned.
+        // Only push-mode sites are assigned, and only while covered.
         for a in &plan.assignments {
             let c = w.cases.iter().find(|c| c.study_uid == a.study_uid).unwrap();
             prop_assert_eq!(w.sites[&c.site].contract.mode, Mode::Push);
+            prop_assert!(routing::covered(&w.sites[&c.site], NOW));
         }
     }
 
