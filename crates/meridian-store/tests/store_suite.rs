@@ -1266,7 +1266,7 @@ async fn workflow_profiles_orders_and_cases() {
             Some(&expl),
             &["at-risk".into()],
             0,
-            &[ev.clone()]
+            std::slice::from_ref(&ev)
         )
         .await
         .unwrap()
