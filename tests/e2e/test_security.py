@@ -94,6 +94,9 @@ EXPECTED = {
     ("GET", "/api/admin/expiring"): "admin",
     ("POST", "/api/orders"): "orders",
     ("GET", "/api/orders/{order}"): "orders",
+    ("POST", "/api/orders/{order}/attachments"): "orders",
+    ("GET", "/api/orders/{order}/attachments"): "orders",
+    ("GET", "/api/orders/{order}/attachments/{attachment}"): "orders",
     ("POST", "/fhir/ServiceRequest"): "orders",
     ("GET", "/fhir/ServiceRequest/{order}"): "orders",
     ("GET", "/api/reconcile"): "coordinate",
@@ -175,7 +178,8 @@ class World:
     def fill(self, path, ds):
         vals = {"study": ds.StudyInstanceUID, "series": ds.SeriesInstanceUID, "instance": ds.SOPInstanceUID,
                 "frames": "1", "*path": "7FE00010", "username": "nobody-here", "token_id": "000000000000",
-                "site": "no-such-site", "ae": "NO-SUCH-AE", "order": "no-such-order"}
+                "site": "no-such-site", "ae": "NO-SUCH-AE", "order": "no-such-order",
+                "attachment": "no-such-attachment"}
         return re.sub(r"\{([^}]+)\}", lambda m: vals[m.group(1)], path)
 
 

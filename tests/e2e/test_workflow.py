@@ -320,6 +320,27 @@ def test_unmatched_study_waits_for_a_coordinator(wf, testfiles, tmp_path):
     assert r.status_code == 200 and r.json()["state"] == "ready", r.text
     assert r.json()["priority"] == "urgent"
     wait_for(lambda: study in claimable(wf, "dr.tx"), what="matched study claimable")
+    # Attachments: a scanned requisition rides with the order.
+    pdf = b"%PDF-1.4\n% synthetic requisition\n" + bytes(range(256)) * 64
+    r = tech.post(f"{wf.http_url}/api/orders/{order['order_id']}/attachments", params={"name": "req.pdf"},
+                  data=pdf, headers={"Content-Type": "application/pdf"}, timeout=30)
+    assert r.status_code == 201, r.text
+    att = r.json()
+    assert att["size"] == len(pdf) and att["content_type"] == "application/pdf"
+    listed = tech.get(f"{wf.http_url}/api/orders/{order['order_id']}/attachments", timeout=30).json()
+    assert [a["attachment_id"] for a in listed] == [att["attachment_id"]]
+    got = tech.get(f"{wf.http_url}/api/orders/{order['order_id']}/attachments/{att['attachment_id']}", timeout=30)
+    assert got.status_code == 200 and got.content == pdf and got.headers["Content-Type"] == "application/pdf"
+    r = tech.post(f"{wf.http_url}/api/orders/{order['order_id']}/attachments", data=b"<script>",
+                  headers={"Content-Type": "text/html"}, timeout=30)
+    assert r.status_code == 415
+    r = tech.post(f"{wf.http_url}/api/orders/{order['order_id']}/attachments", data=b"x" * (20 * 1024 * 1024 + 1),
+                  headers={"Content-Type": "application/pdf"}, timeout=60)
+    assert r.status_code == 413
+    assert len(tech.get(f"{wf.http_url}/api/orders/{order['order_id']}/attachments", timeout=30).json()) == 1
+    # The group's administrators see every site's orders.
+    r = wf.admin.get(f"{wf.http_url}/api/orders/{order['order_id']}/attachments", timeout=30)
+    assert r.status_code == 200
     # A site user cannot place an order for another site.
     r = tech.post(f"{wf.http_url}/api/orders", json={"site": "elsewhere", "accession": "A1", "patient_id": "P"},
                   timeout=30)

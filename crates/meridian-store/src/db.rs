@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_audit.sql")),
     (3, include_str!("../migrations/0003_security.sql")),
     (4, include_str!("../migrations/0004_workflow.sql")),
+    (5, include_str!("../migrations/0005_attachments.sql")),
 ];
 
 impl Db {

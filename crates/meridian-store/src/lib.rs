@@ -457,6 +457,21 @@ impl Store {
             }
             known.insert(key);
         }
+        let mut att = sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT attachment_id, object_key, size FROM order_attachments",
+        )
+        .fetch(pool);
+        while let Some((id, key, size)) = att.try_next().await? {
+            report.checked += 1;
+            match self.inner.blobs.size(&key).await? {
+                None => report.missing.push((id, key.clone())),
+                Some(s) if s as i64 != size => {
+                    report.wrong_size.push((id, key.clone(), size, s as i64))
+                }
+                Some(_) => {}
+            }
+            known.insert(key);
+        }
         for key in self.inner.blobs.list_all().await? {
             if !known.contains(&key) {
                 report.orphans.push(key);

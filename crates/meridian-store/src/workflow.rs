@@ -745,6 +745,122 @@ impl Store {
     }
 }
 
+/// A file attached to an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attachment {
+    pub attachment_id: String,
+    pub order_id: String,
+    pub name: String,
+    pub content_type: String,
+    pub size: i64,
+    #[serde(skip)]
+    pub object_key: String,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+type AttachmentT = (String, String, String, String, i64, String, String, i64);
+
+fn attachment_of(r: AttachmentT) -> Attachment {
+    Attachment {
+        attachment_id: r.0,
+        order_id: r.1,
+        name: r.2,
+        content_type: r.3,
+        size: r.4,
+        object_key: r.5,
+        created_by: r.6,
+        created_at: r.7,
+    }
+}
+
+const ATT_COLS: &str =
+    "attachment_id, order_id, name, content_type, size, object_key, created_by, created_at";
+
+/// Our own generated ids only (letters and digits): safe in an object key.
+fn valid_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+impl Store {
+    /// Attaches a file to an order: the file is written durably first, then its row.
+    pub async fn add_attachment(
+        &self,
+        order_id: &str,
+        name: &str,
+        content_type: &str,
+        bytes: bytes::Bytes,
+        by: &str,
+    ) -> Result<Attachment, StoreError> {
+        if !valid_id(order_id) {
+            return Err(StoreError::BadKey(order_id.to_owned()));
+        }
+        let id = format!("a{:013x}{:016x}", now_ms(), rand_u64());
+        let key = format!("attachments/{order_id}/{id}.bin");
+        let blobs = self.inner.blobs.clone();
+        let (k, b) = (key.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || blobs.put_durable_blocking(&k, &[&b]))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let a = Attachment {
+            attachment_id: id,
+            order_id: order_id.to_owned(),
+            name: name.to_owned(),
+            content_type: content_type.to_owned(),
+            size: bytes.len() as i64,
+            object_key: key,
+            created_by: by.to_owned(),
+            created_at: now_ms(),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO order_attachments ({ATT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        )))
+        .bind(&a.attachment_id)
+        .bind(&a.order_id)
+        .bind(&a.name)
+        .bind(&a.content_type)
+        .bind(a.size)
+        .bind(&a.object_key)
+        .bind(&a.created_by)
+        .bind(a.created_at)
+        .execute(self.wpool())
+        .await?;
+        Ok(a)
+    }
+
+    pub async fn attachments(&self, order_id: &str) -> Result<Vec<Attachment>, StoreError> {
+        let rows: Vec<AttachmentT> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ATT_COLS} FROM order_attachments WHERE order_id = $1 ORDER BY created_at, attachment_id"
+        )))
+        .bind(order_id)
+        .fetch_all(self.wpool())
+        .await?;
+        Ok(rows.into_iter().map(attachment_of).collect())
+    }
+
+    /// One attachment of an order, with its bytes.
+    pub async fn attachment(
+        &self,
+        order_id: &str,
+        id: &str,
+    ) -> Result<Option<(Attachment, bytes::Bytes)>, StoreError> {
+        let row: Option<AttachmentT> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ATT_COLS} FROM order_attachments WHERE order_id = $1 AND attachment_id = $2"
+        )))
+        .bind(order_id)
+        .bind(id)
+        .fetch_optional(self.wpool())
+        .await?;
+        match row.map(attachment_of) {
+            Some(a) => {
+                let b = self.inner.blobs.get(&a.object_key).await?;
+                Ok(Some((a, b)))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
 fn split_slash(s: &str) -> Vec<String> {
     s.split('/')
         .filter(|x| !x.is_empty())

@@ -162,6 +162,9 @@ fn routes(state: &AppState) -> auth::Routes {
         // Workflow: orders, coordinators' queue, worklists, operations
         .post("/api/orders", Orders, PatientData, workflow::create_order)
         .get("/api/orders/{order}", Orders, PatientData, workflow::get_order)
+        .post("/api/orders/{order}/attachments", Orders, PatientData, workflow::add_attachment)
+        .get("/api/orders/{order}/attachments", Orders, PatientData, workflow::attachments)
+        .get("/api/orders/{order}/attachments/{attachment}", Orders, PatientData, workflow::attachment)
         .post("/fhir/ServiceRequest", Orders, PatientData, workflow::fhir_create)
         .get("/fhir/ServiceRequest/{order}", Orders, PatientData, workflow::fhir_read)
         .get("/api/reconcile", Coordinate, PatientData, workflow::reconcile_queue)

@@ -671,3 +671,119 @@ pub async fn operations(Authed(r): Authed, Query(q): Query<OpsQuery>) -> Respons
         Err(e) => err(e),
     }
 }
+
+// ---- order attachments ----
+
+/// Largest attachment (a scanned requisition, a prior report).
+pub const MAX_ATTACHMENT: usize = 20 << 20;
+const ATTACHMENT_TYPES: [&str; 5] = [
+    "application/pdf",
+    "image/jpeg",
+    "image/png",
+    "text/plain",
+    "application/dicom",
+];
+
+#[derive(Deserialize)]
+pub struct AttachmentName {
+    name: Option<String>,
+}
+
+/// The order, if the caller may see it.
+async fn visible_order(r: &Req, id: &str) -> Result<OrderRow, Response> {
+    match r.store.order(id).await {
+        Ok(Some(o)) if sees_site(r, &o.site_id) => Ok(o),
+        Ok(_) => Err(ApiError::not_found("no such order").into_response()),
+        Err(e) => Err(store_err(e)),
+    }
+}
+
+/// `POST /api/orders/{order}/attachments?name=FILE`: the raw file as the body, with its
+/// Content-Type (PDF, JPEG, PNG, plain text or DICOM), at most 20 MiB.
+pub async fn add_attachment(
+    Authed(r): Authed,
+    Path(id): Path<String>,
+    Query(q): Query<AttachmentName>,
+    req: axum::extract::Request,
+) -> Response {
+    let order = match visible_order(&r, &id).await {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    let ct = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if !ATTACHMENT_TYPES.contains(&ct.as_str()) {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported attachment type",
+            format!("accepted: {}", ATTACHMENT_TYPES.join(", ")),
+        )
+        .into_response();
+    }
+    let name: String = q
+        .name
+        .unwrap_or_else(|| "attachment".into())
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '/' | '\\' | '"'))
+        .take(200)
+        .collect();
+    let body = match axum::body::to_bytes(req.into_body(), MAX_ATTACHMENT).await {
+        Ok(b) if !b.is_empty() => b,
+        Ok(_) => return ApiError::bad_request("empty attachment").into_response(),
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Attachment too large",
+                format!("at most {MAX_ATTACHMENT} bytes"),
+            )
+            .into_response();
+        }
+    };
+    match r
+        .store
+        .add_attachment(&order.order_id, &name, &ct, body, &r.who.name)
+        .await
+    {
+        Ok(a) => (StatusCode::CREATED, Json(a)).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+pub async fn attachments(Authed(r): Authed, Path(id): Path<String>) -> Response {
+    let order = match visible_order(&r, &id).await {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    match r.store.attachments(&order.order_id).await {
+        Ok(a) => Json(a).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+pub async fn attachment(Authed(r): Authed, Path((id, att)): Path<(String, String)>) -> Response {
+    let order = match visible_order(&r, &id).await {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    match r.store.attachment(&order.order_id, &att).await {
+        Ok(Some((a, bytes))) => (
+            [
+                (axum::http::header::CONTENT_TYPE, a.content_type.clone()),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{}\"", a.name),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(None) => ApiError::not_found("no such attachment").into_response(),
+        Err(e) => store_err(e),
+    }
+}
