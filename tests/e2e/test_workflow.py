@@ -320,6 +320,26 @@ def test_unmatched_study_waits_for_a_coordinator(wf, testfiles, tmp_path):
     assert r.status_code == 200 and r.json()["state"] == "ready", r.text
     assert r.json()["priority"] == "urgent"
     wait_for(lambda: study in claimable(wf, "dr.tx"), what="matched study claimable")
+    # A second order fulfilled by the same acquisition: linked, read once; the case takes
+    # the more urgent priority.
+    r = tech.post(f"{wf.http_url}/api/orders", json={
+        "accession": f"{acc}-2", "patient_id": "P-OTHER-ID", "issuer": "HOSP_A", "modality": "CT",
+        "procedure_text": "CT Cervical spine", "priority": "stat", "reason": "Neck pain"}, timeout=30)
+    assert r.status_code == 201, r.text
+    second = r.json()
+    r = tech.post(f"{wf.http_url}/api/studies/{study}/match", json={"order_id": second["order_id"]}, timeout=30)
+    assert r.status_code == 200 and r.json()["priority"] == "stat", r.text
+    linked = tech.get(f"{wf.http_url}/api/studies/{study}/orders", timeout=30).json()
+    assert sorted(o["order_id"] for o in linked) == sorted([order["order_id"], second["order_id"]])
+    # Split: the second order comes off again and waits for its own study.
+    r = tech.post(f"{wf.http_url}/api/studies/{study}/unmatch", json={"order_id": second["order_id"]}, timeout=30)
+    assert r.status_code == 200 and r.json()["state"] == "ready", r.text
+    q = tech.get(f"{wf.http_url}/api/reconcile", timeout=30).json()
+    assert second["order_id"] in [o["order_id"] for o in q["orders"]]
+    assert [o["order_id"] for o in tech.get(f"{wf.http_url}/api/studies/{study}/orders", timeout=30).json()] \
+        == [order["order_id"]]
+    kinds = [e["kind"] for e in tech.get(f"{wf.http_url}/api/studies/{study}/case", timeout=30).json()["events"]]
+    assert "linked" in kinds and "unlinked" in kinds
     # Attachments: a scanned requisition rides with the order.
     pdf = b"%PDF-1.4\n% synthetic requisition\n" + bytes(range(256)) * 64
     r = tech.post(f"{wf.http_url}/api/orders/{order['order_id']}/attachments", params={"name": "req.pdf"},

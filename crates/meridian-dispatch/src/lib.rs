@@ -267,7 +267,11 @@ impl Dispatch {
         let mut seen: HashSet<String> = HashSet::new();
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            match self.store.case_events(since, "", 1000).await {
+            // The events at `since` already seen come back first (`at >= since`, oldest
+            // first): ask for that many more, or a pass that stamps more than a page of
+            // events with one instant would stall the feed on that instant for good.
+            let page = 1000 + seen.len() as i64;
+            match self.store.case_events(since, "", page).await {
                 Ok(evs) => {
                     for e in evs {
                         if seen.contains(&e.seq_id) {
@@ -479,7 +483,165 @@ impl Dispatch {
             .site_profile(&sc.case.site)
             .await?
             .ok_or(DispatchError::NotFound)?;
-        self.attach(&site, sc, &o, actor, "by hand").await?;
+        if sc.case.state == State::Unmatched {
+            self.attach(&site, sc, &o, actor, "by hand").await?;
+        } else if sc.case.state.is_open() {
+            self.link(&site, sc, &o, actor).await?;
+        } else {
+            return Err(DispatchError::Invalid(format!(
+                "study is {}",
+                sc.case.state
+            )));
+        }
+        self.store
+            .case(study_uid)
+            .await?
+            .ok_or(DispatchError::NotFound)
+    }
+
+    /// A further order fulfilled by the same study (e.g. chest and abdomen ordered
+    /// separately, acquired together): read once; the case takes the more urgent
+    /// priority and the earlier deadline of its orders.
+    async fn link(
+        &self,
+        site: &Site,
+        sc: StoredCase,
+        o: &OrderRow,
+        actor: &str,
+    ) -> Result<(), DispatchError> {
+        let now = now_ms();
+        let study = self
+            .store
+            .study_facts(&sc.case.study_uid)
+            .await?
+            .ok_or(DispatchError::NotFound)?;
+        let mut other = sc.case.clone();
+        let mut prio_events = Vec::new();
+        apply_order(
+            site,
+            &mut other,
+            Some(o),
+            study.received_at,
+            &mut prio_events,
+            now,
+        );
+        let mut c = sc.case.clone();
+        let mut events = vec![CaseEvent::new(
+            &c,
+            now,
+            "linked",
+            actor,
+            format!("order {}", o.order_id),
+        )];
+        if other.priority < c.priority || other.deadline < c.deadline {
+            c.priority = c.priority.min(other.priority);
+            c.deadline = c.deadline.min(other.deadline);
+            if c.protocol.is_none() {
+                c.protocol = other.protocol.clone();
+            }
+            events.push(CaseEvent::new(
+                &c,
+                now,
+                "priority",
+                actor,
+                format!("{} from linked order {}", c.priority, o.order_id),
+            ));
+        }
+        if !self
+            .update_case(
+                &c,
+                sc.order_id.as_deref(),
+                sc.explanation.as_ref(),
+                &sc.flags,
+                sc.version,
+                &events,
+            )
+            .await?
+        {
+            return Err(DispatchError::Conflict);
+        }
+        self.store
+            .set_order_status(&o.order_id, "matched", Some(&c.study_uid))
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Splits an order off a study (a wrong match): the order waits for a study again;
+    /// a study left without an order goes back to the coordinators' queue (only while
+    /// no reader has it).
+    pub async fn unmatch_study(
+        &self,
+        study_uid: &str,
+        order_id: &str,
+        actor: &str,
+    ) -> Result<StoredCase, DispatchError> {
+        let sc = self
+            .store
+            .case(study_uid)
+            .await?
+            .ok_or(DispatchError::NotFound)?;
+        let orders = self.store.study_orders(study_uid).await?;
+        if !orders.iter().any(|o| o.order_id == order_id) {
+            return Err(DispatchError::NotFound);
+        }
+        let rest: Vec<&OrderRow> = orders.iter().filter(|o| o.order_id != order_id).collect();
+        let now = now_ms();
+        let mut c = sc.case.clone();
+        let mut order_ref = sc.order_id.clone();
+        let mut events = Vec::new();
+        if order_ref.as_deref() == Some(order_id) {
+            match rest.first() {
+                Some(next) => {
+                    order_ref = Some(next.order_id.clone());
+                    let site = self
+                        .store
+                        .site_profile(&c.site)
+                        .await?
+                        .ok_or(DispatchError::NotFound)?;
+                    let study = self
+                        .store
+                        .study_facts(study_uid)
+                        .await?
+                        .ok_or(DispatchError::NotFound)?;
+                    apply_order(
+                        &site,
+                        &mut c,
+                        Some(next),
+                        study.received_at,
+                        &mut events,
+                        now,
+                    );
+                }
+                None => {
+                    c.state = state::next(c.state, state::Event::Unmatch).map_err(|_| {
+                        DispatchError::Invalid(format!(
+                            "the study is {} and this is its only order: release it first",
+                            c.state
+                        ))
+                    })?;
+                    order_ref = None;
+                }
+            }
+        }
+        events.insert(
+            0,
+            CaseEvent::new(&c, now, "unlinked", actor, format!("order {order_id}")),
+        );
+        if !self
+            .update_case(
+                &c,
+                order_ref.as_deref(),
+                sc.explanation.as_ref(),
+                &sc.flags,
+                sc.version,
+                &events,
+            )
+            .await?
+        {
+            return Err(DispatchError::Conflict);
+        }
+        self.store.unlink_order(order_id).await?;
         self.store
             .case(study_uid)
             .await?

@@ -519,6 +519,28 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Orders matched to a study, oldest first.
+    pub async fn study_orders(&self, study_uid: &str) -> Result<Vec<OrderRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ORDER_COLS} FROM orders WHERE study_uid = $1 AND status = 'matched' ORDER BY created_at, order_id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(study_uid)
+            .fetch_all(self.wpool())
+            .await?;
+        rows.iter().map(order_of).collect()
+    }
+
+    /// Takes an order off its study: active again, waiting for a study.
+    pub async fn unlink_order(&self, order_id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE orders SET status = 'active', study_uid = NULL, updated_at = $1 WHERE order_id = $2 AND status = 'matched'")
+            .bind(now_ms())
+            .bind(order_id)
+            .execute(self.wpool())
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Applies a patient update (HL7 ADT^A08) to the site's orders of that patient
     /// (same ID and issuer only). Returns how many orders changed.
     pub async fn update_patient(

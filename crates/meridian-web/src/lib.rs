@@ -169,6 +169,8 @@ fn routes(state: &AppState) -> auth::Routes {
         .get("/fhir/ServiceRequest/{order}", Orders, PatientData, workflow::fhir_read)
         .get("/api/reconcile", Coordinate, PatientData, workflow::reconcile_queue)
         .post("/api/studies/{study}/match", Coordinate, PatientData, workflow::match_study)
+        .post("/api/studies/{study}/unmatch", Coordinate, PatientData, workflow::unmatch_study)
+        .get("/api/studies/{study}/orders", Coordinate, PatientData, workflow::study_orders)
         .get("/api/worklist", Worklist, PatientData, workflow::worklist)
         .get("/api/worklist/events", Worklist, PatientData, workflow::events)
         .post("/api/worklist/heartbeat", Worklist, NO, workflow::heartbeat)

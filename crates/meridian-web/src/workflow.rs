@@ -521,6 +521,40 @@ pub async fn match_study(
     }
 }
 
+/// Splits an order off a study (a wrong or partial match).
+pub async fn unmatch_study(
+    Authed(r): Authed,
+    Path(study): Path<String>,
+    Json(b): Json<MatchBody>,
+) -> Response {
+    match r.store.case(&study).await {
+        Ok(Some(c)) if sees_site(&r, &c.case.site) => {}
+        Ok(_) => return ApiError::not_found("no such study").into_response(),
+        Err(e) => return store_err(e),
+    }
+    match r
+        .dispatch
+        .unmatch_study(&study, &b.order_id, &r.who.name)
+        .await
+    {
+        Ok(c) => Json(c).into_response(),
+        Err(e) => err(e),
+    }
+}
+
+/// The orders a study fulfils.
+pub async fn study_orders(Authed(r): Authed, Path(study): Path<String>) -> Response {
+    match r.store.case(&study).await {
+        Ok(Some(c)) if sees_site(&r, &c.case.site) => {}
+        Ok(_) => return ApiError::not_found("no such study").into_response(),
+        Err(e) => return store_err(e),
+    }
+    match r.store.study_orders(&study).await {
+        Ok(o) => Json(o).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
 // ---- worklist ----
 
 pub async fn worklist(Authed(r): Authed, Query(f): Query<Filter>) -> Response {

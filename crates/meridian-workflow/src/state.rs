@@ -15,6 +15,8 @@ pub enum Event {
     Matched,
     /// No order found: to the coordinators' queue.
     NoOrder,
+    /// Its only order was taken off it by a coordinator: back to the queue.
+    Unmatch,
     Assign,
     Claim,
     Open,
@@ -44,6 +46,7 @@ pub fn next(from: State, event: Event) -> Result<State, Invalid> {
         (S::Received, E::Stable) => S::Stable,
         (S::Stable | S::Unmatched, E::Matched) => S::Ready,
         (S::Stable, E::NoOrder) => S::Unmatched,
+        (S::Ready, E::Unmatch) => S::Unmatched,
         (S::Ready, E::Assign) => S::Assigned,
         (S::Ready | S::Assigned, E::Claim) => S::Opened,
         (S::Assigned, E::Open) => S::Opened,
