@@ -16,7 +16,7 @@ use meridian_store::workflow::{CaseEvent, OrderRow, StoredCase};
 use meridian_store::{Store, StoreError, now_ms};
 use meridian_workflow::model::{Case, MINUTE, Millis, Mode, Priority, Reader, Site, State};
 use meridian_workflow::reconcile::{self, Match, OrderFacts};
-use meridian_workflow::routing::{self, ClaimError, Explanation, World};
+use meridian_workflow::routing::{self, ClaimError, World};
 use meridian_workflow::{eligibility, sla, state, triage};
 use serde::Serialize;
 use tokio::sync::{Mutex, Notify, broadcast};
@@ -155,7 +155,12 @@ pub struct Dispatch {
     wake: Notify,
     /// One local pass at a time (other nodes are kept out by case versions).
     pass: Mutex<()>,
+    /// When this node last wrote each reader's presence.
+    beats: Mutex<HashMap<String, Millis>>,
 }
+
+/// How often a reader's presence is written (at most), per node.
+pub const HEARTBEAT_WRITE_MS: Millis = 30_000;
 
 fn json<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
@@ -206,6 +211,7 @@ impl Dispatch {
             feed,
             wake: Notify::new(),
             pass: Mutex::new(()),
+            beats: Mutex::new(HashMap::new()),
         })
     }
 
@@ -880,7 +886,7 @@ impl Dispatch {
             }
             readers.push(r);
         }
-        let stored = self.store.open_cases().await?;
+        let stored = self.store.routing_cases().await?;
         let cases = stored.iter().map(|s| s.case.clone()).collect();
         let by_uid = stored
             .into_iter()
@@ -984,10 +990,15 @@ impl Dispatch {
         }
         for (uid, e) in &plan.unassigned {
             stats.unassigned += 1;
-            if let Some(x) = pending(&mut out, &stored, uid)
-                && !x.1.as_ref().is_some_and(|o| same_explanation(o, e))
-            {
-                x.1 = Some(json(e));
+            // Rewritten only when its substance changed (compared by fingerprint: the
+            // pass does not load stored explanations).
+            let new = json(e);
+            let unchanged = stored
+                .get(uid)
+                .and_then(|s| s.explain_key.as_deref())
+                .is_some_and(|k| k == meridian_store::workflow::explain_key(&new));
+            if !unchanged && let Some(x) = pending(&mut out, &stored, uid) {
+                x.1 = Some(new);
             }
         }
         for (uid, (c, expl, flags, events)) in out {
@@ -1025,7 +1036,27 @@ impl Dispatch {
 
     /// The reader is present (worklist open); returns whether they are a reader.
     pub async fn heartbeat(&self, reader: &str) -> Result<bool, DispatchError> {
-        Ok(self.store.touch_reader(reader, now_ms()).await?)
+        // At most one write per reader per HEARTBEAT_WRITE_MS from this node: presence
+        // is good to within a minute, and every worklist request beats.
+        let now = now_ms();
+        if self
+            .beats
+            .lock()
+            .await
+            .get(reader)
+            .is_some_and(|t| now - t < HEARTBEAT_WRITE_MS)
+        {
+            return Ok(true);
+        }
+        let known = self.store.touch_reader(reader, now).await?;
+        if known {
+            let mut b = self.beats.lock().await;
+            if b.len() > 100_000 {
+                b.clear();
+            }
+            b.insert(reader.to_owned(), now);
+        }
+        Ok(known)
     }
 
     /// Claims (pull) or opens (push) a study: the reading lock, state opened, grant.
@@ -1274,13 +1305,6 @@ fn json_str<T: Serialize>(v: &T) -> String {
         serde_json::Value::String(s) => s,
         other => other.to_string(),
     }
-}
-
-fn same_explanation(old: &serde_json::Value, e: &Explanation) -> bool {
-    let new = json(e);
-    old.get("ineligible") == new.get("ineligible")
-        && old.get("eligible") == new.get("eligible")
-        && old.get("chosen") == new.get("chosen")
 }
 
 fn match_how(m: &Match) -> &'static str {

@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_security.sql")),
     (4, include_str!("../migrations/0004_workflow.sql")),
     (5, include_str!("../migrations/0005_attachments.sql")),
+    (6, include_str!("../migrations/0006_explain_key.sql")),
 ];
 
 impl Db {

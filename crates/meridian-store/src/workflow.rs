@@ -102,6 +102,21 @@ pub struct StoredCase {
     pub flags: Vec<String>,
     pub version: i64,
     pub updated_at: i64,
+    /// Fingerprint of the stored explanation ([`explain_key`]).
+    #[serde(skip)]
+    pub explain_key: Option<String>,
+}
+
+/// A fingerprint of an explanation's substance (who was chosen, who was eligible with
+/// which load, who was not and why), ignoring when it was made: a routing pass rewrites
+/// an explanation only when this changes.
+pub fn explain_key(v: &serde_json::Value) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for k in ["chosen", "eligible", "ineligible", "more_ineligible"] {
+        v.get(k).map(|x| x.to_string()).hash(&mut h);
+    }
+    format!("{:016x}", h.finish())
 }
 
 /// One transition or change of a case.
@@ -170,7 +185,10 @@ fn next_seq() -> u32 {
     SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
-const CASE_COLS: &str = "study_uid, site_id, order_id, state, priority, protocol, subspecialty, modality, patient_key, rvu_milli, base_at, deadline, reading_ms, assigned_to, assigned_at, opened_at, lock_holder, lock_expires, released_by, explanation, flags, version, updated_at";
+const CASE_COLS: &str = "study_uid, site_id, order_id, state, priority, protocol, subspecialty, modality, patient_key, rvu_milli, base_at, deadline, reading_ms, assigned_to, assigned_at, opened_at, lock_holder, lock_expires, released_by, explanation, flags, version, updated_at, explain_key";
+
+/// The same columns without the explanation (routing passes compare `explain_key`).
+const CASE_COLS_LIGHT: &str = "study_uid, site_id, order_id, state, priority, protocol, subspecialty, modality, patient_key, rvu_milli, base_at, deadline, reading_ms, assigned_to, assigned_at, opened_at, lock_holder, lock_expires, released_by, CAST(NULL AS TEXT), flags, version, updated_at, explain_key";
 
 fn case_of(row: &sqlx::any::AnyRow) -> Result<StoredCase, StoreError> {
     use sqlx::Row;
@@ -210,6 +228,7 @@ fn case_of(row: &sqlx::any::AnyRow) -> Result<StoredCase, StoreError> {
         flags: split(&flags),
         version: row.try_get(21)?,
         updated_at: row.try_get(22)?,
+        explain_key: row.try_get(23)?,
     })
 }
 
@@ -609,7 +628,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut tx = self.inner.db.begin_write().await?;
         let sql = format!(
-            "INSERT INTO cases ({CASE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 0, $22) ON CONFLICT (study_uid) DO NOTHING"
+            "INSERT INTO cases ({CASE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 0, $22, $23) ON CONFLICT (study_uid) DO NOTHING"
         );
         let r = bind_case(
             sqlx::query(sqlx::AssertSqlSafe(sql)),
@@ -619,6 +638,7 @@ impl Store {
             &[],
         )
         .bind(now_ms())
+        .bind(explanation.map(explain_key))
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
@@ -631,7 +651,8 @@ impl Store {
     }
 
     /// Writes `c` over the stored case if it is still at `version`, with its events.
-    /// `false`: someone else changed it first (nothing written).
+    /// `false`: someone else changed it first (nothing written). `explanation: None`
+    /// keeps the stored explanation.
     pub async fn update_case(
         &self,
         c: &Case,
@@ -644,7 +665,7 @@ impl Store {
         let mut tx = self.inner.db.begin_write().await?;
         let r = bind_case(
             sqlx::query(
-                "UPDATE cases SET study_uid = $1, site_id = $2, order_id = $3, state = $4, priority = $5, protocol = $6, subspecialty = $7, modality = $8, patient_key = $9, rvu_milli = $10, base_at = $11, deadline = $12, reading_ms = $13, assigned_to = $14, assigned_at = $15, opened_at = $16, lock_holder = $17, lock_expires = $18, released_by = $19, explanation = $20, flags = $21, version = version + 1, updated_at = $22 WHERE study_uid = $1 AND version = $23",
+                "UPDATE cases SET study_uid = $1, site_id = $2, order_id = $3, state = $4, priority = $5, protocol = $6, subspecialty = $7, modality = $8, patient_key = $9, rvu_milli = $10, base_at = $11, deadline = $12, reading_ms = $13, assigned_to = $14, assigned_at = $15, opened_at = $16, lock_holder = $17, lock_expires = $18, released_by = $19, explanation = COALESCE($20, explanation), flags = $21, version = version + 1, updated_at = $22, explain_key = COALESCE($24, explain_key) WHERE study_uid = $1 AND version = $23",
             ),
             c,
             order_id,
@@ -653,6 +674,7 @@ impl Store {
         )
         .bind(now_ms())
         .bind(version)
+        .bind(explanation.map(explain_key))
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
@@ -694,19 +716,17 @@ impl Store {
         rows.iter().map(case_of).collect()
     }
 
-    /// Open cases (ready, assigned, opened, preliminary): the routing engine's input.
-    pub async fn open_cases(&self) -> Result<Vec<StoredCase>, StoreError> {
-        self.cases_in(
-            &[
-                State::Ready,
-                State::Assigned,
-                State::Opened,
-                State::Preliminary,
-            ],
-            None,
-            i64::MAX,
-        )
-        .await
+    /// The routing engine's input: ready, assigned and opened cases, without their
+    /// explanations (`explain_key` stands for them). `explanation: None` in an update
+    /// keeps the stored one.
+    pub async fn routing_cases(&self) -> Result<Vec<StoredCase>, StoreError> {
+        let sql = format!(
+            "SELECT {CASE_COLS_LIGHT} FROM cases WHERE state IN ('ready', 'assigned', 'opened')"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.wpool())
+            .await?;
+        rows.iter().map(case_of).collect()
     }
 
     /// A reader's assigned and opened cases, earliest deadline first.

@@ -1248,7 +1248,8 @@ async fn workflow_profiles_orders_and_cases() {
     assert_eq!(stored.case, c);
     assert_eq!(stored.version, 0);
     assert_eq!(s.ready_at("site-a", 10).await.unwrap().len(), 1);
-    assert_eq!(s.open_cases().await.unwrap().len(), 1);
+    assert_eq!(s.routing_cases().await.unwrap().len(), 1);
+    assert_eq!(s.routing_cases().await.unwrap()[0].explanation, None);
 
     c.state = State::Opened;
     c.assigned_to = Some("dr.b".into());
@@ -1287,7 +1288,21 @@ async fn workflow_profiles_orders_and_cases() {
             stored.flags.clone(),
             stored.explanation.clone()
         ),
-        (1, vec!["at-risk".to_owned()], Some(expl))
+        (1, vec!["at-risk".to_owned()], Some(expl.clone()))
+    );
+    assert_eq!(
+        stored.explain_key,
+        Some(meridian_store::workflow::explain_key(&expl))
+    );
+    // An update without an explanation keeps the stored one.
+    assert!(
+        s.update_case(&c, Some(&first.order_id), None, &["at-risk".into()], 1, &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.case("1.2.3").await.unwrap().unwrap().explanation,
+        Some(expl)
     );
     assert_eq!(s.assigned_to("dr.b").await.unwrap().len(), 1);
     assert!(s.ready_at("site-a", 10).await.unwrap().is_empty());

@@ -12,7 +12,8 @@
 //!   RVUs, then the fewest studies, then the reader id;
 //! - escalation before assignment: an assigned but unopened case is released when its
 //!   reader is off shift or offline, when it stayed unopened past the contract's limit,
-//!   or when it is at risk (less time left than its reading time); opened cases at risk
+//!   or when it is at risk (less time left than its reading time) and still unopened
+//!   [`AT_RISK_GRACE`] after assignment; opened cases at risk
 //!   or breached are flagged to operations; expired locks are dropped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,6 +38,14 @@ pub struct World {
 
 /// How many ineligible readers an explanation names per group of reasons.
 pub const NAMES_PER_GROUP: usize = 25;
+/// How long an assigned, unopened case at risk stays with its reader before it is
+/// taken back (at most the contract's unopened limit).
+pub const AT_RISK_GRACE: Millis = 5 * MINUTE;
+/// How many eligible readers (best first) an explanation lists.
+pub const MAX_ELIGIBLE: usize = 25;
+/// How many groups of ineligible readers (largest first) an explanation lists; the rest
+/// are counted. Keeps every stored explanation small at thousands of readers.
+pub const MAX_GROUPS: usize = 12;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
@@ -68,6 +77,12 @@ pub struct Explanation {
     /// Eligible readers, best first.
     pub eligible: Vec<Candidate>,
     pub ineligible: Vec<Excluded>,
+    /// Eligible readers beyond the [`MAX_ELIGIBLE`] listed.
+    #[serde(default)]
+    pub more_eligible: usize,
+    /// Ineligible readers in groups beyond the [`MAX_GROUPS`] listed.
+    #[serde(default)]
+    pub more_ineligible: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,6 +257,9 @@ pub fn explain(
     });
     let mut ineligible: Vec<Excluded> = groups.into_values().collect();
     ineligible.sort_by(|a, b| b.count.cmp(&a.count).then(a.reasons.cmp(&b.reasons)));
+    let more_ineligible = ineligible.iter().skip(MAX_GROUPS).map(|g| g.count).sum();
+    ineligible.truncate(MAX_GROUPS);
+    let n_eligible = eligible.len();
     let chosen = eligible.first().map(|c| c.reader.clone());
     let summary = match eligible.first() {
         None => format!(
@@ -267,21 +285,20 @@ pub fn explain(
             };
             format!(
                 "{} of {} eligible readers (licensed in {}, credentialed at {}, reads {}, on shift, under cap): {}",
-                c.reader,
-                eligible.len(),
-                site.jurisdiction,
-                site.id,
-                case.modality,
-                why
+                c.reader, n_eligible, site.jurisdiction, site.id, case.modality, why
             )
         }
     };
+    let more_eligible = n_eligible.saturating_sub(MAX_ELIGIBLE);
+    eligible.truncate(MAX_ELIGIBLE);
     Explanation {
         at: now,
         chosen,
         summary,
         eligible,
         ineligible,
+        more_eligible,
+        more_ineligible,
     }
 }
 
@@ -306,15 +323,18 @@ pub fn plan(world: &World, now: Millis) -> Plan {
             && let Some(r) = c.assigned_to.as_deref()
         {
             let p = presence.get(r);
+            let unopened_for = c.assigned_at.map_or(0, |a| now - a);
+            let limit = i64::from(site.contract.unopened_minutes.max(1)) * MINUTE;
+            let grace = limit.min(AT_RISK_GRACE);
             let why = if !p.is_some_and(|p| p.on_shift) {
                 Some(ReleaseWhy::ReaderOffShift)
             } else if !p.is_some_and(|p| p.online) {
                 Some(ReleaseWhy::ReaderOffline)
-            } else if sla != SlaState::OnTrack {
+            } else if sla != SlaState::OnTrack && unopened_for >= grace {
+                // At risk and still not opened a while after assignment (a case
+                // assigned already at risk gets that while to be opened).
                 Some(ReleaseWhy::AtRisk)
-            } else if c.assigned_at.is_some_and(|a| {
-                now - a >= i64::from(site.contract.unopened_minutes.max(1)) * MINUTE
-            }) {
+            } else if unopened_for >= limit {
                 Some(ReleaseWhy::Unopened)
             } else {
                 None
@@ -498,6 +518,8 @@ pub fn claim(
         },
         eligible: Vec::new(),
         ineligible: Vec::new(),
+        more_eligible: 0,
+        more_ineligible: 0,
     };
     Ok((
         Lock {

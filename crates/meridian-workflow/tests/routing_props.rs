@@ -301,7 +301,10 @@ fn check_explanation(
             return Err(format!("explanation calls {} eligible", r.id));
         }
     }
-    let mut total = e.eligible.len();
+    if e.eligible.len() > routing::MAX_ELIGIBLE || e.ineligible.len() > routing::MAX_GROUPS {
+        return Err("explanation lists more than its caps".into());
+    }
+    let mut total = e.eligible.len() + e.more_eligible + e.more_ineligible;
     for g in &e.ineligible {
         total += g.count;
         for id in &g.readers {
@@ -481,6 +484,13 @@ fn generated_worlds_exercise_the_engine() {
         unassigned += p.unassigned.len();
         flagged += p.flags.len();
         replay(&w, &p).unwrap();
+    }
+    // Big worlds: explanations stay within their caps and still account for everyone.
+    for seed in 1..20u64 {
+        let w = world(seed.wrapping_mul(0x2545_F491_4F6C_DD1D), 3, 80, 60);
+        let p = routing::plan(&w, NOW);
+        replay(&w, &p).unwrap();
+        assigned += p.assignments.len();
     }
     assert!(assigned > 100, "assigned {assigned}");
     assert!(released > 50, "released {released}");

@@ -314,11 +314,21 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
                         .into_future(),
                 )
             }
-            None => Box::pin(
-                axum::serve(http, app)
-                    .with_graceful_shutdown(shutdown_signal())
-                    .into_future(),
-            ),
+            None => {
+                use axum::serve::ListenerExt;
+                // Nagle off: a multipart response's last small write would otherwise wait
+                // for the client's delayed ACK (~40 ms per WADO-RS retrieve).
+                let listener = http.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "TCP_NODELAY");
+                    }
+                });
+                Box::pin(
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown_signal())
+                        .into_future(),
+                )
+            }
         };
     tokio::select! {
         r = server => r.context("HTTP server")?,
