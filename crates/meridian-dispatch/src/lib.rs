@@ -157,7 +157,12 @@ pub struct Dispatch {
     pass: Mutex<()>,
     /// When this node last wrote each reader's presence.
     beats: Mutex<HashMap<String, Millis>>,
+    sites_cache: Mutex<Option<(Millis, Arc<Vec<Site>>)>>,
+    readers_cache: Mutex<HashMap<String, (Millis, Reader)>>,
 }
+
+/// How long worklists use a cached site or reader profile.
+pub const PROFILE_TTL_MS: Millis = 2_000;
 
 /// How often a reader's presence is written (at most), per node.
 pub const HEARTBEAT_WRITE_MS: Millis = 30_000;
@@ -212,6 +217,8 @@ impl Dispatch {
             wake: Notify::new(),
             pass: Mutex::new(()),
             beats: Mutex::new(HashMap::new()),
+            sites_cache: Mutex::new(None),
+            readers_cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -1183,6 +1190,42 @@ impl Dispatch {
             .ok_or(DispatchError::NotFound)
     }
 
+    /// Site profiles, re-read at most every [`PROFILE_TTL_MS`] (worklists are frequent;
+    /// profile changes take effect within that).
+    async fn sites_cached(&self) -> Result<Arc<Vec<Site>>, DispatchError> {
+        let now = now_ms();
+        let mut c = self.sites_cache.lock().await;
+        if let Some((at, s)) = c.as_ref()
+            && now - at < PROFILE_TTL_MS
+        {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(self.store.site_profiles().await?);
+        *c = Some((now, s.clone()));
+        Ok(s)
+    }
+
+    /// A reader's profile, re-read at most every [`PROFILE_TTL_MS`].
+    async fn reader_cached(&self, id: &str) -> Result<Reader, DispatchError> {
+        let now = now_ms();
+        if let Some((at, r)) = self.readers_cache.lock().await.get(id)
+            && now - at < PROFILE_TTL_MS
+        {
+            return Ok(r.clone());
+        }
+        let r = self
+            .store
+            .reader(id)
+            .await?
+            .ok_or(DispatchError::NotFound)?;
+        let mut c = self.readers_cache.lock().await;
+        if c.len() > 100_000 {
+            c.clear();
+        }
+        c.insert(id.to_owned(), (now, r.clone()));
+        Ok(r)
+    }
+
     /// Sites whose studies this reader could read (licence, credential, residency):
     /// the claimable list comes from these sites' queues.
     pub fn reader_sites<'a>(reader: &Reader, sites: &'a [Site], now: Millis) -> Vec<&'a Site> {
@@ -1213,13 +1256,9 @@ impl Dispatch {
         limit: usize,
     ) -> Result<Worklist, DispatchError> {
         let now = now_ms();
-        let me = self
-            .store
-            .reader(reader)
-            .await?
-            .ok_or(DispatchError::NotFound)?;
+        let me = self.reader_cached(reader).await?;
         let mine = self.store.assigned_to(reader).await?;
-        let sites = self.store.site_profiles().await?;
+        let sites = self.sites_cached().await?;
         let mut claimable = Vec::new();
         let load = mine.len() as u32;
         let presence = eligibility::Presence {
@@ -1229,14 +1268,28 @@ impl Dispatch {
             load_rvu: mine.iter().map(|c| c.case.rvu).sum(),
         };
         let day = eligibility::today(now);
-        for s in Self::reader_sites(&me, &sites, now) {
+        // Off shift or at the cap: nothing is claimable, whatever the queues hold.
+        let can_claim = presence.on_shift && presence.load < me.max_concurrent;
+        for s in Self::reader_sites(&me, &sites, now)
+            .into_iter()
+            .filter(|_| can_claim)
+        {
             if s.contract.mode != Mode::Pull
                 || !routing::covered(s, now)
                 || f.site.as_ref().is_some_and(|x| *x != s.id)
             {
                 continue;
             }
-            for c in self.store.ready_at(&s.id, limit as i64 * 4).await? {
+            let modalities: Vec<String> = me
+                .modalities
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect();
+            for c in self
+                .store
+                .ready_at(&s.id, &modalities, limit as i64 + 20)
+                .await?
+            {
                 if eligibility::check(&me, &presence, s, &c.case, day, true).is_empty()
                     && f.keeps(&c.case)
                 {

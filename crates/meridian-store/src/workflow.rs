@@ -742,15 +742,30 @@ impl Store {
     }
 
     /// Unassigned ready cases of one site, earliest deadline first (the claimable list).
-    pub async fn ready_at(&self, site: &str, limit: i64) -> Result<Vec<StoredCase>, StoreError> {
+    /// Unassigned ready cases of one site in any of `modalities` (all with an empty
+    /// list), earliest deadline first (the claimable list).
+    pub async fn ready_at(
+        &self,
+        site: &str,
+        modalities: &[String],
+        limit: i64,
+    ) -> Result<Vec<StoredCase>, StoreError> {
+        let in_list: Vec<String> = (0..modalities.len())
+            .map(|i| format!("${}", i + 3))
+            .collect();
+        let cond = if modalities.is_empty() {
+            String::new()
+        } else {
+            format!(" AND modality IN ({})", in_list.join(", "))
+        };
         let sql = format!(
-            "SELECT {CASE_COLS} FROM cases WHERE state = 'ready' AND site_id = $1 ORDER BY deadline, study_uid LIMIT $2"
+            "SELECT {CASE_COLS_LIGHT} FROM cases WHERE state = 'ready' AND site_id = $1{cond} ORDER BY deadline, study_uid LIMIT $2"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(site)
-            .bind(limit)
-            .fetch_all(self.wpool())
-            .await?;
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(site).bind(limit);
+        for m in modalities {
+            q = q.bind(m.clone());
+        }
+        let rows = q.fetch_all(self.wpool()).await?;
         rows.iter().map(case_of).collect()
     }
 

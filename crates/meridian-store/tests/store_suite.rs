@@ -1247,7 +1247,20 @@ async fn workflow_profiles_orders_and_cases() {
     let stored = s.case("1.2.3").await.unwrap().unwrap();
     assert_eq!(stored.case, c);
     assert_eq!(stored.version, 0);
-    assert_eq!(s.ready_at("site-a", 10).await.unwrap().len(), 1);
+    assert_eq!(s.ready_at("site-a", &[], 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.ready_at("site-a", &["MR".into(), "CT".into()], 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.ready_at("site-a", &["MR".into()], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.routing_cases().await.unwrap().len(), 1);
     assert_eq!(s.routing_cases().await.unwrap()[0].explanation, None);
 
@@ -1305,7 +1318,7 @@ async fn workflow_profiles_orders_and_cases() {
         Some(expl)
     );
     assert_eq!(s.assigned_to("dr.b").await.unwrap().len(), 1);
-    assert!(s.ready_at("site-a", 10).await.unwrap().is_empty());
+    assert!(s.ready_at("site-a", &[], 10).await.unwrap().is_empty());
     assert_eq!(
         s.cases_in(&[State::Opened], Some("site-a"), 10)
             .await
