@@ -324,6 +324,30 @@ impl Dispatch {
         Ok(ok)
     }
 
+    /// Writes `c` over `sc` (keeping its order, explanation and flags) with `events`.
+    async fn rewrite(
+        &self,
+        sc: &StoredCase,
+        c: &Case,
+        events: &[CaseEvent],
+    ) -> Result<(), DispatchError> {
+        if self
+            .update_case(
+                c,
+                sc.order_id.as_deref(),
+                None,
+                &sc.flags,
+                sc.version,
+                events,
+            )
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(DispatchError::Conflict)
+        }
+    }
+
     async fn insert_case(
         &self,
         c: &Case,
@@ -560,19 +584,7 @@ impl Dispatch {
                 format!("{} from linked order {}", c.priority, o.order_id),
             ));
         }
-        if !self
-            .update_case(
-                &c,
-                sc.order_id.as_deref(),
-                sc.explanation.as_ref(),
-                &sc.flags,
-                sc.version,
-                &events,
-            )
-            .await?
-        {
-            return Err(DispatchError::Conflict);
-        }
+        self.rewrite(&sc, &c, &events).await?;
         self.store
             .set_order_status(&o.order_id, "matched", Some(&c.study_uid))
             .await?;
@@ -1170,19 +1182,7 @@ impl Dispatch {
         c.released_by.push(reader.to_owned());
         let mut ev = CaseEvent::new(&c, now, "released", reader, "by the reader".into());
         ev.reader = Some(reader.to_owned());
-        if !self
-            .update_case(
-                &c,
-                sc.order_id.as_deref(),
-                sc.explanation.as_ref(),
-                &sc.flags,
-                sc.version,
-                &[ev],
-            )
-            .await?
-        {
-            return Err(DispatchError::Conflict);
-        }
+        self.rewrite(&sc, &c, &[ev]).await?;
         self.wake();
         self.store
             .case(study_uid)

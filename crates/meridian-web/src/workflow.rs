@@ -496,6 +496,15 @@ pub async fn reconcile_queue(Authed(r): Authed) -> Response {
     }
 }
 
+/// The study's case, if it belongs to a site the caller coordinates.
+async fn coordinated_case(r: &Req, study: &str) -> Result<(), Response> {
+    match r.store.case(study).await {
+        Ok(Some(c)) if sees_site(r, &c.case.site) => Ok(()),
+        Ok(_) => Err(ApiError::not_found("no such study").into_response()),
+        Err(e) => Err(store_err(e)),
+    }
+}
+
 #[derive(Deserialize)]
 pub struct MatchBody {
     order_id: String,
@@ -506,10 +515,8 @@ pub async fn match_study(
     Path(study): Path<String>,
     Json(b): Json<MatchBody>,
 ) -> Response {
-    match r.store.case(&study).await {
-        Ok(Some(c)) if sees_site(&r, &c.case.site) => {}
-        Ok(_) => return ApiError::not_found("no such study").into_response(),
-        Err(e) => return store_err(e),
+    if let Err(e) = coordinated_case(&r, &study).await {
+        return e;
     }
     match r
         .dispatch
@@ -527,10 +534,8 @@ pub async fn unmatch_study(
     Path(study): Path<String>,
     Json(b): Json<MatchBody>,
 ) -> Response {
-    match r.store.case(&study).await {
-        Ok(Some(c)) if sees_site(&r, &c.case.site) => {}
-        Ok(_) => return ApiError::not_found("no such study").into_response(),
-        Err(e) => return store_err(e),
+    if let Err(e) = coordinated_case(&r, &study).await {
+        return e;
     }
     match r
         .dispatch
@@ -544,10 +549,8 @@ pub async fn unmatch_study(
 
 /// The orders a study fulfils.
 pub async fn study_orders(Authed(r): Authed, Path(study): Path<String>) -> Response {
-    match r.store.case(&study).await {
-        Ok(Some(c)) if sees_site(&r, &c.case.site) => {}
-        Ok(_) => return ApiError::not_found("no such study").into_response(),
-        Err(e) => return store_err(e),
+    if let Err(e) = coordinated_case(&r, &study).await {
+        return e;
     }
     match r.store.study_orders(&study).await {
         Ok(o) => Json(o).into_response(),
