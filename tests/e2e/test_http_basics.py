@@ -416,3 +416,26 @@ def test_server_survives_everything(server):
     assert requests.get(f"{server.http_url}/healthz", timeout=TIMEOUT).status_code == 200
     _, samples, _ = scrape(server)
     assert total(samples, "meridian_open_associations") == 0
+
+
+def test_a_request_that_stalls_gets_408_and_the_server_carries_on():
+    """A client that announces a body and then stalls is answered 408 after
+    --request-timeout, without waiting for it, and the server keeps serving."""
+    s = Server(extra_args=["--request-timeout", "2"])
+    try:
+        sock = socket.create_connection(("127.0.0.1", s.http_port), timeout=10)
+        head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {s.token}\r\n"
+                "Content-Type: multipart/related; type=\"application/dicom\"; boundary=b\r\n"
+                "Content-Length: 100000\r\n\r\n--b\r\n")
+        t0 = time.time()
+        sock.sendall(head.encode())
+        reply = sock.recv(4096).decode(errors="replace")
+        waited = time.time() - t0
+        sock.close()
+        assert reply.startswith("HTTP/1.1 408"), reply[:200]
+        assert 1.5 < waited < 8, waited
+        assert requests.get(f"{s.http_url}/healthz", timeout=10).status_code == 200
+        assert s.alive()
+    finally:
+        s.cleanup()

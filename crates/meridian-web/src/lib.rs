@@ -55,7 +55,14 @@ pub struct WebConfig {
     pub secure_cookies: bool,
     /// Session lifetime.
     pub session_ttl_ms: i64,
+    /// Longest time to answer a request (the response's body, e.g. an SSE stream or a
+    /// WADO-RS download, is not limited by it). Request bodies must also keep flowing:
+    /// [`BODY_IDLE_TIMEOUT`] without a byte ends the request.
+    pub request_timeout: std::time::Duration,
 }
+
+/// A request body that sends nothing for this long is cut off (slow-client defence).
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -196,11 +203,28 @@ pub fn router(state: AppState) -> Router {
     };
     // JSON APIs take small bodies; STOW-RS reads its raw body under its own limits
     // (`max_request`, `max_object`), which this default does not apply to.
+    let timeout = state.cfg.request_timeout;
     app.layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(body_idle_timeout))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
         .layer(compression())
         .layer(TraceLayer::new_for_http())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// Wraps the request body so that a client pausing longer than [`BODY_IDLE_TIMEOUT`]
+/// between bytes fails the read (the handler answers with its body-read error).
+async fn body_idle_timeout(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::Body::new(tower_http::timeout::TimeoutBody::new(
+        BODY_IDLE_TIMEOUT,
+        body,
+    ));
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// `GET /api/routes`: every route with its permission and audit class.

@@ -83,6 +83,9 @@ pub struct ServeArgs {
     /// Session lifetime, hours [default: 12].
     #[arg(global = true, long, env = "MERIDIAN_SESSION_HOURS")]
     pub session_hours: Option<u64>,
+    /// Longest time an HTTP request may take to be answered, seconds (408 after) [default: 600].
+    #[arg(global = true, long, env = "MERIDIAN_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<u64>,
     /// OpenID Connect issuer URL (enables "Sign in with SSO").
     #[arg(global = true, long, env = "MERIDIAN_OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
@@ -147,6 +150,7 @@ struct FileConfig {
     unknown_ae: Option<String>,
     public_url: Option<String>,
     session_hours: Option<u64>,
+    request_timeout: Option<u64>,
     oidc_issuer: Option<String>,
     oidc_client_id: Option<String>,
     oidc_client_secret: Option<String>,
@@ -182,6 +186,8 @@ pub struct Settings {
     pub quarantine_unknown_ae: bool,
     pub public_url: Option<String>,
     pub session_hours: u64,
+    /// HTTP request timeout, seconds.
+    pub request_timeout_secs: u64,
     pub oidc: Option<OidcSettings>,
     pub audit_syslog: Option<String>,
     pub audit_syslog_ca: Option<PathBuf>,
@@ -312,6 +318,11 @@ impl Settings {
                 .or(f.session_hours)
                 .unwrap_or(12)
                 .clamp(1, 24 * 30),
+            request_timeout_secs: a
+                .request_timeout
+                .or(f.request_timeout)
+                .unwrap_or(600)
+                .clamp(1, 24 * 3600),
             oidc: match (
                 a.oidc_issuer.or(f.oidc_issuer),
                 a.oidc_client_id.or(f.oidc_client_id),

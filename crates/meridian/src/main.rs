@@ -185,6 +185,7 @@ async fn serve(s: Settings, demo: bool) -> Result<()> {
             http_port: http_addr.port(),
             secure_cookies: s.tls.is_some(),
             session_ttl_ms: (s.session_hours * 3_600_000) as i64,
+            request_timeout: Duration::from_secs(s.request_timeout_secs),
         },
     );
     if let Some(o) = &s.oidc {
