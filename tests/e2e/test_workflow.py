@@ -263,6 +263,20 @@ def test_order_and_images_reach_only_eligible_readers_stat_first(wf, testfiles, 
         assert k in actions, actions[:2000]
 
 
+def test_the_documented_example_order_is_accepted(wf, tmp_path):
+    """docs/examples/orm-stroke.hl7, sent as the README says (mllp_send --loose -f)."""
+    from conftest import REPO
+    text = (REPO / "docs" / "examples" / "orm-stroke.hl7").read_text().replace("DEMO_RIS", "RIS_A")
+    f = tmp_path / "orm.hl7"
+    f.write_text(text)
+    cp = subprocess.run([MLLP_SEND, "--loose", "-f", str(f), "-p", str(wf.hl7_port), "127.0.0.1"],
+                        capture_output=True, timeout=60)
+    assert cp.returncode == 0 and b"MSA|AA|DEMO0001" in cp.stdout, cp.stdout + cp.stderr
+    q = wf.admin.get(f"{wf.http_url}/api/reconcile", timeout=30).json()
+    o = next(o for o in q["orders"] if o["accession"] == "ACC-DEMO-7")
+    assert o["source"] == "hl7" and o["patient_id"] == "DEMO-PAT-7" and o["issuer"] == "DEMO_HOSP"
+
+
 def test_omi_order_and_operations_view(wf, testfiles, tmp_path):
     acc = f"O{generate_uid()[-8:]}"
     (a,) = mllp_send(wf.hl7_port, omi(acc, "P-OMI", "S", "Trauma, fall from height"))

@@ -157,7 +157,7 @@ pub fn banner(
     }
     if let Some(h) = hl7 {
         println!(
-            "  HL7 v2 (MLLP):     {h}   orders from sending facility DEMO_RIS, e.g. mllp_send --port {} {} < order.hl7",
+            "  HL7 v2 (MLLP):     {h}   orders from sending facility DEMO_RIS, e.g. mllp_send --loose -f docs/examples/orm-stroke.hl7 -p {} {}",
             h.port(),
             h.ip()
         );
