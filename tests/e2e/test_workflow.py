@@ -263,6 +263,53 @@ def test_order_and_images_reach_only_eligible_readers_stat_first(wf, testfiles, 
         assert k in actions, actions[:2000]
 
 
+YAML_ONBOARDING = """
+sites:
+  - id: e2e-yaml
+    name: Site B (synthetic)
+    time_zone: Europe/London
+    jurisdiction: GB
+    hl7_facilities: [RIS_B]
+    ae_titles: [YAML_CT01]
+    contract:
+      mode: push
+      sla_minutes: {stat: 45, urgent: 180, routine: 2880}
+    triage:
+      - name: trauma
+        keywords: [trauma]
+        priority: stat
+readers:
+  - id: dr.gb
+    time_zone: Europe/London
+    region: gb
+    modalities: [CT, MR]
+    licences: [{jurisdiction: GB, number: GMC-1, expires: "2031-01-31"}]
+    credentials: [{site: e2e-yaml, scope: final, expires: "2031-01-31"}]
+    shifts: [{days: [0, 1, 2, 3, 4], start: "08:00", end: "18:00"}]
+"""
+
+
+def test_onboarding_from_yaml(wf, tmp_path):
+    f = tmp_path / "onboarding.yaml"
+    f.write_text(YAML_ONBOARDING)
+    cp = meridian_cli("admin", "import", str(f), data_dir=wf.data_dir)
+    assert "site e2e-yaml (GB, Europe/London)" in cp.stdout and "reader dr.gb" in cp.stdout, cp.stdout
+    site = wf.admin.get(f"{wf.http_url}/api/admin/sites/e2e-yaml/profile", timeout=30).json()
+    assert site["contract"]["mode"] == "push" and site["contract"]["sla_minutes"]["stat"] == 45
+    assert site["triage"][0]["priority"] == "stat"
+    readers = {r["reader"]["id"]: r["reader"] for r in wf.admin.get(f"{wf.http_url}/api/admin/readers", timeout=30).json()}
+    assert readers["dr.gb"]["licences"][0]["jurisdiction"] == "GB"
+    assert readers["dr.gb"]["shifts"][0]["start"].startswith("08:00")
+    aes = {a for s in wf.admin.get(f"{wf.http_url}/api/admin/sites", timeout=30).json() for a in s["ae_titles"]}
+    assert "YAML_CT01" in aes
+    # A broken file changes nothing and says where.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sites:\n  - id: e2e-bad\n    time_zone: Mars/Olympus\n    jurisdiction: XX\n")
+    cp = meridian_cli("admin", "import", str(bad), data_dir=wf.data_dir, check=False)
+    assert cp.returncode != 0 and "Mars/Olympus" in cp.stderr, cp.stderr
+    assert wf.admin.get(f"{wf.http_url}/api/admin/sites/e2e-bad/profile", timeout=30).status_code == 404
+
+
 def test_the_documented_example_order_is_accepted(wf, tmp_path):
     """docs/examples/orm-stroke.hl7, sent as the README says (mllp_send --loose -f)."""
     from conftest import REPO

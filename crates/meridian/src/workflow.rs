@@ -1,6 +1,6 @@
 //! Wiring of the workflow: the HL7 v2 MLLP listener (orders in) mapped onto the
 //! dispatch service, and `meridian admin import FILE` (bulk onboarding of sites and
-//! readers from TOML or JSON).
+//! readers from TOML, YAML or JSON).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -219,7 +219,7 @@ pub struct AdminArgs {
 
 #[derive(Subcommand)]
 enum AdminCmd {
-    /// Onboard sites and readers in bulk from a TOML (or JSON) file; see docs/workflow.md.
+    /// Onboard sites and readers in bulk from a TOML, YAML (.yaml/.yml) or JSON (.json) file; see docs/workflow.md.
     Import { file: PathBuf },
 }
 
@@ -256,10 +256,16 @@ fn read_onboarding(file: &PathBuf) -> Result<Onboarding> {
     }
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let ob: Onboarding = if file.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?
-    } else {
-        toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?
+    let ext = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let what = || format!("parsing {}", file.display());
+    let ob: Onboarding = match ext.as_str() {
+        "json" => serde_json::from_str(&text).with_context(what)?,
+        "yaml" | "yml" => serde_saphyr::from_str(&text).with_context(what)?,
+        _ => toml::from_str(&text).with_context(what)?,
     };
     for s in &ob.sites {
         meridian_web::workflow::validate_site(&s.site).map_err(anyhow::Error::msg)?;
