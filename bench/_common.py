@@ -185,11 +185,24 @@ class Meridian:
     name = "meridian"
 
     def __init__(self, data_dir: Path, log_dir: Path, extra_args=(), rust_log=None, binary: Path | None = None,
-                 log_name: str = "meridian.log"):
+                 log_name: str = "meridian.log", calling_aes=()):
         binary = binary or MERIDIAN_BIN
         if not binary.exists():
             raise RuntimeError(f"{binary} not found: run `cargo build --release` "
                                "(or set MERIDIAN_BIN, or leave meridian out of BENCH_TARGETS)")
+        if calling_aes:
+            # Unknown calling AE titles are rejected: register the senders to a bench site.
+            aes = [a for ae in calling_aes for a in ("--ae", ae)]
+            cp = subprocess.run([str(binary), "site", "add", "bench", "--name", "Bench (synthetic)", *aes,
+                                 "--data-dir", str(data_dir)], capture_output=True, text=True)
+            if cp.returncode != 0:
+                raise RuntimeError(f"registering {calling_aes} failed: {cp.stderr}")
+        # Every DICOMweb call needs a credential: an admin API token for the bench client.
+        cp = subprocess.run([str(binary), "token", "create", "--name", "bench", "--role", "admin", "--days", "1",
+                             "--data-dir", str(data_dir)], capture_output=True, text=True)
+        if cp.returncode != 0 or not cp.stdout.strip():
+            raise RuntimeError(f"creating a bench API token failed: {cp.stderr}")
+        self.headers = {"Authorization": f"Bearer {cp.stdout.strip().splitlines()[-1]}"}
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.aet = "MERIDIAN"
