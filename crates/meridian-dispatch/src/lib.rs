@@ -193,14 +193,16 @@ pub fn parse_hl7_ts(ts: &str, tz: &str) -> Option<Millis> {
     .ok()?;
     let dt = date.to_datetime(time);
     let zoned = match offset {
-        Some(o) if o.len() == 5 => {
+        // `+HHMM`/`-HHMM`: checked ASCII before slicing (the text is from the wire).
+        Some(o) if o.len() == 5 && o[1..].bytes().all(|b| b.is_ascii_digit()) => {
             let sign: i32 = if o.starts_with('-') { -1 } else { 1 };
             let h: i32 = o[1..3].parse().ok()?;
             let m: i32 = o[3..5].parse().ok()?;
             let off = jiff::tz::Offset::from_seconds(sign * (h * 3600 + m * 60)).ok()?;
             dt.to_zoned(jiff::tz::TimeZone::fixed(off)).ok()?
         }
-        _ => dt
+        Some(_) => return None,
+        None => dt
             .to_zoned(meridian_workflow::shift::zone(tz).unwrap_or(jiff::tz::TimeZone::UTC))
             .ok()?,
     };
@@ -1192,7 +1194,7 @@ impl Dispatch {
 
     /// Site profiles, re-read at most every [`PROFILE_TTL_MS`] (worklists are frequent;
     /// profile changes take effect within that).
-    async fn sites_cached(&self) -> Result<Arc<Vec<Site>>, DispatchError> {
+    pub async fn sites_cached(&self) -> Result<Arc<Vec<Site>>, DispatchError> {
         let now = now_ms();
         let mut c = self.sites_cache.lock().await;
         if let Some((at, s)) = c.as_ref()
@@ -1232,18 +1234,7 @@ impl Dispatch {
         let day = eligibility::today(now);
         sites
             .iter()
-            .filter(|s| {
-                reader.licences.iter().any(|l| {
-                    l.jurisdiction.eq_ignore_ascii_case(&s.jurisdiction) && l.expires >= day
-                }) && reader
-                    .credentials
-                    .iter()
-                    .any(|c| c.site == s.id && c.expires >= day)
-                    && (s.residency.is_empty()
-                        || s.residency
-                            .iter()
-                            .any(|r| r.eq_ignore_ascii_case(&reader.region)))
-            })
+            .filter(|s| eligibility::may_read_at(reader, s, day))
             .collect()
     }
 
@@ -1470,5 +1461,35 @@ fn apply_order(
             &ch.source.to_string(),
             detail,
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_hl7_ts;
+
+    #[test]
+    fn hl7_timestamps() {
+        // 2026-11-24 09:30 in Chicago (UTC-6) = 15:30Z.
+        let chicago = parse_hl7_ts("202611240930", "America/Chicago").unwrap();
+        assert_eq!(chicago, parse_hl7_ts("20261124153000+0000", "UTC").unwrap());
+        assert_eq!(
+            chicago,
+            parse_hl7_ts("20261124093000-0600", "Asia/Tokyo").unwrap()
+        );
+        assert!(parse_hl7_ts("20261124", "UTC").is_some());
+        for bad in [
+            "",
+            "2026",
+            "2026112X",
+            "20261340",
+            "20261124+1\u{e9}2",
+            "20261124\u{e9}\u{e9}",
+        ] {
+            assert_eq!(parse_hl7_ts(bad, "UTC"), None, "{bad:?}");
+        }
+        // A malformed offset is refused, never sliced through (a non-ASCII one used to panic).
+        assert_eq!(parse_hl7_ts("20261124093000+1\u{e9}2", "UTC"), None);
+        assert_eq!(parse_hl7_ts("20261124093000+12", "UTC"), None);
     }
 }

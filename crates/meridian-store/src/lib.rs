@@ -316,6 +316,12 @@ impl Store {
     }
 
     /// Instances under a study / series / instance, ordered for retrieval.
+    /// Whether `scope` may see the study (another site's UID answers exactly like a
+    /// missing one).
+    pub async fn sees_study(&self, study_uid: &str, scope: &Scope) -> Result<bool, StoreError> {
+        query::sees_study(&self.inner.db, study_uid, scope).await
+    }
+
     pub async fn instances(
         &self,
         study: Option<&str>,

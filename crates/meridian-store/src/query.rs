@@ -347,6 +347,23 @@ fn instance_ref(row: &AnyRow) -> Result<InstanceRef, sqlx::Error> {
     })
 }
 
+/// Whether a study exists within `scope` (the same scope condition as every read).
+pub(crate) async fn sees_study(db: &Db, study: &str, scope: &Scope) -> Result<bool, StoreError> {
+    let mut sql = Sql {
+        conds: Vec::new(),
+        params: Vec::new(),
+    };
+    let p = sql.p(Param::Text(study.to_owned()));
+    sql.conds.push(format!("st.study_uid = {p}"));
+    sql.scope(scope);
+    let text = format!("SELECT st.study_uid FROM studies st{}", sql.where_clause());
+    let row = sql
+        .bind(sqlx::query(sqlx::AssertSqlSafe(text)))
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.is_some())
+}
+
 pub(crate) async fn instances(
     db: &Db,
     study: Option<&str>,

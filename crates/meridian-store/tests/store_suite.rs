@@ -1371,4 +1371,31 @@ async fn workflow_profiles_orders_and_cases() {
         (Some("site-a"), "ACC9", "P1", vec!["CT".to_owned()])
     );
     assert!(f.stable_at.is_some());
+
+    // Study visibility goes through the same scope condition as every read.
+    use meridian_store::Scope;
+    assert!(s.sees_study("2.9", &Scope::All).await.unwrap());
+    assert!(
+        s.sees_study("2.9", &Scope::Site("site-a".into()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.sees_study("2.9", &Scope::Site("site-b".into()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.sees_study("2.9", &Scope::Granted("dr.b".into()))
+            .await
+            .unwrap()
+    );
+    s.grant("dr.b", "2.9", "test").await.unwrap();
+    assert!(
+        s.sees_study("2.9", &Scope::Granted("dr.b".into()))
+            .await
+            .unwrap()
+    );
+    assert!(!s.sees_study("2.9", &Scope::Nothing).await.unwrap());
+    assert!(!s.sees_study("9.9.9", &Scope::All).await.unwrap());
 }

@@ -661,14 +661,10 @@ pub async fn release(Authed(r): Authed, Path(study): Path<String>) -> Response {
 /// A case with its events (timestamps of every transition) and explanation. Visible to
 /// whoever may see the study's images.
 pub async fn case(Authed(r): Authed, Path(study): Path<String>) -> Response {
-    let visible = match r.scope() {
-        Scope::All => true,
-        Scope::Site(s) => matches!(r.store.study_site(&study).await, Ok(Some(Some(x))) if x == s),
-        Scope::Granted(u) => matches!(r.store.grants(&u).await, Ok(g) if g.contains(&study)),
-        Scope::Nothing => false,
-    };
-    if !visible {
-        return ApiError::not_found("no such study").into_response();
+    match r.store.sees_study(&study, &r.scope()).await {
+        Ok(true) => {}
+        Ok(false) => return ApiError::not_found("no such study").into_response(),
+        Err(e) => return store_err(e),
     }
     let c = match r.store.case(&study).await {
         Ok(Some(c)) => c,

@@ -93,43 +93,7 @@ pub fn check(
     count_load: bool,
 ) -> Vec<Reason> {
     let mut why = Vec::new();
-    let lic: Vec<_> = reader
-        .licences
-        .iter()
-        .filter(|l| l.jurisdiction.eq_ignore_ascii_case(&site.jurisdiction))
-        .collect();
-    if lic.is_empty() {
-        why.push(Reason::NoLicence {
-            jurisdiction: site.jurisdiction.clone(),
-        });
-    } else if !lic.iter().any(|l| l.expires >= day) {
-        let expired = lic.iter().map(|l| l.expires).max().unwrap_or(Date::MIN);
-        why.push(Reason::LicenceExpired {
-            jurisdiction: site.jurisdiction.clone(),
-            expired,
-        });
-    }
-    let creds: Vec<_> = reader
-        .credentials
-        .iter()
-        .filter(|c| c.site == site.id)
-        .collect();
-    let active: Vec<_> = creds.iter().filter(|c| c.expires >= day).collect();
-    if creds.is_empty() {
-        why.push(Reason::NoCredential {
-            site: site.id.clone(),
-        });
-    } else if active.is_empty() {
-        let expired = creds.iter().map(|c| c.expires).max().unwrap_or(Date::MIN);
-        why.push(Reason::CredentialExpired {
-            site: site.id.clone(),
-            expired,
-        });
-    } else if !active.iter().any(|c| c.scope >= needed_scope(site, case)) {
-        why.push(Reason::PrelimOnly {
-            site: site.id.clone(),
-        });
-    }
+    site_reasons(reader, site, day, Some(needed_scope(site, case)), &mut why);
     if !reader
         .modalities
         .iter()
@@ -163,6 +127,60 @@ pub fn check(
             max: reader.max_concurrent,
         });
     }
+    if case.released_by.iter().any(|r| r == &reader.id) {
+        why.push(Reason::Released);
+    }
+    why
+}
+
+/// The site-level reasons (licence in the site's jurisdiction, active credential at the
+/// site with scope `needed` if given, data residency), appended to `why`.
+fn site_reasons(
+    reader: &Reader,
+    site: &Site,
+    day: Date,
+    needed: Option<ReadScope>,
+    why: &mut Vec<Reason>,
+) {
+    let lic: Vec<_> = reader
+        .licences
+        .iter()
+        .filter(|l| l.jurisdiction.eq_ignore_ascii_case(&site.jurisdiction))
+        .collect();
+    if lic.is_empty() {
+        why.push(Reason::NoLicence {
+            jurisdiction: site.jurisdiction.clone(),
+        });
+    } else if !lic.iter().any(|l| l.expires >= day) {
+        let expired = lic.iter().map(|l| l.expires).max().unwrap_or(Date::MIN);
+        why.push(Reason::LicenceExpired {
+            jurisdiction: site.jurisdiction.clone(),
+            expired,
+        });
+    }
+    let creds: Vec<_> = reader
+        .credentials
+        .iter()
+        .filter(|c| c.site == site.id)
+        .collect();
+    let active: Vec<_> = creds.iter().filter(|c| c.expires >= day).collect();
+    if creds.is_empty() {
+        why.push(Reason::NoCredential {
+            site: site.id.clone(),
+        });
+    } else if active.is_empty() {
+        let expired = creds.iter().map(|c| c.expires).max().unwrap_or(Date::MIN);
+        why.push(Reason::CredentialExpired {
+            site: site.id.clone(),
+            expired,
+        });
+    } else if let Some(needed) = needed
+        && !active.iter().any(|c| c.scope >= needed)
+    {
+        why.push(Reason::PrelimOnly {
+            site: site.id.clone(),
+        });
+    }
     if !site.residency.is_empty()
         && !site
             .residency
@@ -173,10 +191,14 @@ pub fn check(
             region: reader.region.clone(),
         });
     }
-    if case.released_by.iter().any(|r| r == &reader.id) {
-        why.push(Reason::Released);
-    }
-    why
+}
+
+/// Whether the reader may read at `site` at all on `day` (licence, credential of any
+/// scope, residency): the sites whose queues a worklist looks at.
+pub fn may_read_at(reader: &Reader, site: &Site, day: Date) -> bool {
+    let mut why = Vec::new();
+    site_reasons(reader, site, day, None, &mut why);
+    why.is_empty()
 }
 
 pub fn has_sub(reader: &Reader, sub: &str) -> bool {

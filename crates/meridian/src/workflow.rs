@@ -91,7 +91,7 @@ impl meridian_hl7::Sink for Hl7Sink {
         msg: Vec<Inbound>,
     ) -> Result<(), Hl7Error> {
         let store = self.dispatch.store();
-        let sites = store.site_profiles().await.map_err(internal)?;
+        let sites = self.dispatch.sites_cached().await.map_err(internal)?;
         let facility = header.sending_facility.namespace.as_str();
         let site = site_of(&sites, Some(facility))?;
         // Validate every item before storing any: nothing partial.
