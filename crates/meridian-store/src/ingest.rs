@@ -11,7 +11,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
-use crate::{Store, StoreError, StoreOutcome};
+use crate::{PendingIndex, Store, StoreError, StoreOutcome};
 
 static RECEIVED: LazyLock<IntCounter> = LazyLock::new(|| {
     let c = IntCounter::new(
@@ -127,6 +127,55 @@ pub enum Input {
     },
 }
 
+/// Objects up to this size have their index row staged while their file is
+/// written; larger ones are written first.
+const PIPELINE_MAX: usize = 8 << 20;
+
+/// Parses what arrived: the instance's facts, the Part 10 header to put
+/// before the data (empty for a whole file) and the data as received.
+fn parse_input(
+    input: Input,
+    limits: &Limits,
+) -> Result<(InstanceInfo, Vec<u8>, Bytes), IngestError> {
+    Ok(match input {
+        Input::Part10 {
+            bytes,
+            expect_study,
+        } => {
+            let (_, _, info) = parse::parse_part10(&bytes, limits)?;
+            if expect_study.is_some_and(|s| s != info.study_uid) {
+                return Err(ParseError::Mismatch(
+                    "StudyInstanceUID",
+                    "the study in the request URL",
+                )
+                .into());
+            }
+            (info, Vec::new(), bytes)
+        }
+        Input::Dataset {
+            data,
+            transfer_syntax,
+            sop_class,
+            sop_instance,
+            source_ae,
+        } => {
+            let obj = parse::parse_header(&data, &transfer_syntax, limits)?;
+            let info = parse::extract(&obj, &transfer_syntax)?;
+            if info.sop_instance_uid != sop_instance.trim_end_matches(['\0', ' ']) {
+                return Err(
+                    ParseError::Mismatch("SOPInstanceUID", "AffectedSOPInstanceUID").into(),
+                );
+            }
+            if info.sop_class_uid != sop_class.trim_end_matches(['\0', ' ']) {
+                return Err(ParseError::Mismatch("SOPClassUID", "AffectedSOPClassUID").into());
+            }
+            // The data set is kept exactly as received, after a new meta group.
+            let head = parse::part10_header(&info, &source_ae)?;
+            (info, head, data)
+        }
+    })
+}
+
 /// Shared ingest service.
 #[derive(Clone)]
 pub struct Ingest {
@@ -177,66 +226,45 @@ impl Ingest {
             .await
             .map_err(|_| IngestError::Busy)?;
         let limits = self.limits;
-        let blobs = self.store.blobs().clone();
-        // One blocking hop: bounded parse, then the durable file write.
-        let (info, key, len) = tokio::task::spawn_blocking(
-            move || -> Result<(InstanceInfo, String, usize), IngestError> {
-                let _permit = permit;
-                let (info, head, body): (InstanceInfo, Vec<u8>, Bytes) = match input {
-                    Input::Part10 {
-                        bytes,
-                        expect_study,
-                    } => {
-                        let (_, _, info) = parse::parse_part10(&bytes, &limits)?;
-                        if expect_study.is_some_and(|s| s != info.study_uid) {
-                            return Err(ParseError::Mismatch(
-                                "StudyInstanceUID",
-                                "the study in the request URL",
-                            )
-                            .into());
-                        }
-                        (info, Vec::new(), bytes)
-                    }
-                    Input::Dataset {
-                        data,
-                        transfer_syntax,
-                        sop_class,
-                        sop_instance,
-                        source_ae,
-                    } => {
-                        let obj = parse::parse_header(&data, &transfer_syntax, &limits)?;
-                        let info = parse::extract(&obj, &transfer_syntax)?;
-                        if info.sop_instance_uid != sop_instance.trim_end_matches(['\0', ' ']) {
-                            return Err(ParseError::Mismatch(
-                                "SOPInstanceUID",
-                                "AffectedSOPInstanceUID",
-                            )
-                            .into());
-                        }
-                        if info.sop_class_uid != sop_class.trim_end_matches(['\0', ' ']) {
-                            return Err(
-                                ParseError::Mismatch("SOPClassUID", "AffectedSOPClassUID").into()
-                            );
-                        }
-                        // The data set is kept exactly as received, after a new meta group.
-                        let head = parse::part10_header(&info, &source_ae)?;
-                        (info, head, data)
-                    }
-                };
+        let store = self.store.clone();
+        let site = site.to_owned();
+        // One blocking hop: bounded parse, then the index row goes to the
+        // writer (which stages it) while the file is written and fsynced.
+        let (info, pending, len, wrote) = tokio::task::spawn_blocking(
+            move || -> Result<(InstanceInfo, PendingIndex, usize, Result<(), StoreError>), IngestError> {
+                let parsed = parse_input(input, &limits);
+                // The permit bounds parsing (CPU and memory); waiting on the
+                // disk below does not hold it.
+                drop(permit);
+                let (info, head, body) = parsed?;
                 if !sop::is_storage_sop_class(&info.sop_class_uid) {
                     return Err(IngestError::NotStorage(info.sop_class_uid));
                 }
                 let key = Store::new_key(&info)?;
-                blobs.put_durable_blocking(&key, &[&head, &body])?;
-                Ok((info, key, head.len() + body.len()))
+                let len = head.len() + body.len();
+                let blobs = store.blobs();
+                if len <= PIPELINE_MAX {
+                    let (pending, fate) =
+                        store.queue_blocking(&site, info.clone(), key.clone(), len as i64)?;
+                    let wrote = blobs.put_durable_blocking(&key, &[&head, &body]);
+                    fate.report(wrote.is_ok());
+                    Ok((info, pending, len, wrote))
+                } else {
+                    // A large object is made durable before the writer sees it,
+                    // so the writer never holds its transaction open for long.
+                    blobs.put_durable_blocking(&key, &[&head, &body])?;
+                    let pending =
+                        store.queue_durable_blocking(&site, info.clone(), key, len as i64)?;
+                    Ok((info, pending, len, Ok(())))
+                }
             },
         )
         .await
         .map_err(|_| IngestError::Busy)??;
-        let outcome = self
-            .store
-            .index(site, info.clone(), key, len as i64)
-            .await?;
+        // A failed file leaves no row; the outcome also removes what was written.
+        let outcome = pending.outcome().await;
+        wrote?;
+        let outcome = outcome?;
         BYTES.inc_by(len as u64);
         Ok((info, outcome))
     }

@@ -5,7 +5,9 @@
 //! Invariants:
 //! - an instance is acknowledged only after its file is durable (fsync of
 //!   file and directory) and then its index row is committed: file first,
-//!   index second, so no row ever lacks its file;
+//!   index second, so no row ever lacks its file (the writer may stage the
+//!   row in an open transaction while the file is written; it commits only
+//!   after the file is durable, and rolls a failed file's row back);
 //! - object keys are built from validated UIDs only;
 //! - a re-sent SOP Instance UID never duplicates (keep-first or replace);
 //! - study stability is derived from timestamps in the index and claimed by
@@ -89,6 +91,52 @@ pub enum StoreOutcome {
     Replaced,
 }
 
+/// An index row handed to the writer; [`PendingIndex::outcome`] waits for its commit.
+pub struct PendingIndex {
+    store: Store,
+    key: String,
+    rx: oneshot::Receiver<Result<writer::Written, StoreError>>,
+}
+
+impl PendingIndex {
+    /// Waits for the commit. Removes the new file when it loses to an
+    /// existing copy (or was refused), the old one when it replaces it.
+    pub async fn outcome(self) -> Result<StoreOutcome, StoreError> {
+        let blobs = &self.store.inner.blobs;
+        let res = self.rx.await.map_err(|_| StoreError::Closed)?;
+        match res {
+            Ok(writer::Written::Inserted) => Ok(StoreOutcome::Stored),
+            Ok(writer::Written::Duplicate) => {
+                // Keep-first, or lost a race with another copy: drop ours.
+                blobs.delete(&self.key).await.ok();
+                Ok(StoreOutcome::Duplicate)
+            }
+            Ok(writer::Written::Replaced(old)) => {
+                blobs.delete(&old).await.ok();
+                Ok(StoreOutcome::Replaced)
+            }
+            Ok(writer::Written::OtherSite) => {
+                blobs.delete(&self.key).await.ok();
+                Err(StoreError::OtherSite)
+            }
+            Err(e) => {
+                blobs.delete(&self.key).await.ok();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Reports to the writer whether a file queued with [`Store::queue_blocking`]
+/// became durable.
+pub struct FileFate(oneshot::Sender<bool>);
+
+impl FileFate {
+    pub fn report(self, durable: bool) {
+        let _ = self.0.send(durable);
+    }
+}
+
 /// Storage configuration.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -156,7 +204,7 @@ impl Store {
         db.migrate().await?;
         let blobs = Blobs::local(&cfg.data_dir.join("objects"), cfg.fsync)?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer::run(db.clone(), rx, cfg.duplicate_policy));
+        writer::start(db.clone(), rx, cfg.duplicate_policy)?;
         let (events, _) = broadcast::channel(1024);
         let (atx, arx) = mpsc::channel(4096);
         tokio::spawn(audit::run(db.clone(), arx));
@@ -184,8 +232,9 @@ impl Store {
         self.inner.events.subscribe()
     }
 
-    /// Stores one validated instance: file durably first, then its index row.
-    /// Returns only when both are durable.
+    /// Stores one validated instance: its index row is staged while the file
+    /// is written and committed only once the file is durable. Returns only
+    /// when both are durable.
     pub async fn store(
         &self,
         site: &str,
@@ -196,10 +245,18 @@ impl Store {
         let key = object_key(&info, rand_u64())?;
         let k2 = key.clone();
         let size = file.len() as i64;
-        tokio::task::spawn_blocking(move || blobs.put_durable_blocking(&k2, &[&file]))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        self.index(site, info, key, size).await
+        let (fate, durable) = oneshot::channel();
+        let pending = self.queue(site, info, key, size, Some(durable)).await?;
+        let wrote = tokio::task::spawn_blocking(move || {
+            let r = blobs.put_durable_blocking(&k2, &[&file]);
+            let _ = fate.send(r.is_ok());
+            r
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        let outcome = pending.outcome().await;
+        wrote?;
+        outcome
     }
 
     /// Makes a new object key for an instance (validated UIDs and a random suffix).
@@ -207,8 +264,8 @@ impl Store {
         object_key(info, rand_u64())
     }
 
-    /// Second half of a store: commits the index row of an instance whose file
-    /// is already durable under `key` (see [`Blobs::put_durable_blocking`]).
+    /// Commits the index row of an instance whose file is already durable
+    /// under `key` (see [`Blobs::put_durable_blocking`]).
     /// Removes the new file when it loses to an existing copy, or the old one
     /// when it replaces it.
     pub async fn index(
@@ -218,38 +275,88 @@ impl Store {
         key: String,
         size: i64,
     ) -> Result<StoreOutcome, StoreError> {
+        self.queue(site, info, key, size, None)
+            .await?
+            .outcome()
+            .await
+    }
+
+    async fn queue(
+        &self,
+        site: &str,
+        info: InstanceInfo,
+        key: String,
+        size: i64,
+        durable: Option<writer::Durable>,
+    ) -> Result<PendingIndex, StoreError> {
+        let (job, pending) = self.job(site, info, key, size, durable);
+        self.inner
+            .writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(pending)
+    }
+
+    fn job(
+        &self,
+        site: &str,
+        info: InstanceInfo,
+        key: String,
+        size: i64,
+        durable: Option<writer::Durable>,
+    ) -> (writer::Job, PendingIndex) {
         let (reply, rx) = oneshot::channel();
         let job = writer::Job {
             site: site.to_owned(),
             info,
             key: key.clone(),
             size,
+            durable,
             reply,
         };
-        if self.inner.writer.send(job).await.is_err() {
-            return Err(StoreError::Closed);
-        }
-        let res = rx.await.map_err(|_| StoreError::Closed)?;
-        match res {
-            Ok(writer::Written::Inserted) => Ok(StoreOutcome::Stored),
-            Ok(writer::Written::Duplicate) => {
-                // Keep-first, or lost a race with another copy: drop ours.
-                self.inner.blobs.delete(&key).await.ok();
-                Ok(StoreOutcome::Duplicate)
-            }
-            Ok(writer::Written::Replaced(old)) => {
-                self.inner.blobs.delete(&old).await.ok();
-                Ok(StoreOutcome::Replaced)
-            }
-            Ok(writer::Written::OtherSite) => {
-                self.inner.blobs.delete(&key).await.ok();
-                Err(StoreError::OtherSite)
-            }
-            Err(e) => {
-                self.inner.blobs.delete(&key).await.ok();
-                Err(e)
-            }
-        }
+        let pending = PendingIndex {
+            store: self.clone(),
+            key,
+            rx,
+        };
+        (job, pending)
+    }
+
+    /// From a blocking thread that is about to write the file of `key`:
+    /// queues its index row now, so the writer stages it while the file is
+    /// written. The row is committed only after `FileFate::report(true)`;
+    /// a report of `false`, or dropping the `FileFate`, leaves no row.
+    pub fn queue_blocking(
+        &self,
+        site: &str,
+        info: InstanceInfo,
+        key: String,
+        size: i64,
+    ) -> Result<(PendingIndex, FileFate), StoreError> {
+        let (fate, durable) = oneshot::channel();
+        let (job, pending) = self.job(site, info, key, size, Some(durable));
+        self.inner
+            .writer
+            .blocking_send(job)
+            .map_err(|_| StoreError::Closed)?;
+        Ok((pending, FileFate(fate)))
+    }
+
+    /// Like [`Store::queue_blocking`] for a file that is already durable.
+    pub fn queue_durable_blocking(
+        &self,
+        site: &str,
+        info: InstanceInfo,
+        key: String,
+        size: i64,
+    ) -> Result<PendingIndex, StoreError> {
+        let (job, pending) = self.job(site, info, key, size, None);
+        self.inner
+            .writer
+            .blocking_send(job)
+            .map_err(|_| StoreError::Closed)?;
+        Ok(pending)
     }
 
     /// Appends an audit record; returns its sequence number once it is durable.

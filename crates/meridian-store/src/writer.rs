@@ -1,5 +1,15 @@
-//! The index writer: one task that commits index rows in groups, so fsync
-//! cost of the database commit is shared by concurrent associations.
+//! The index writer: one task that commits index rows in groups, so the
+//! cost of a database commit is shared by concurrent associations.
+//!
+//! A group is written with a handful of statements whatever its size (one
+//! multi-row insert of the instances, one upsert per series and per study
+//! and modality), and it is staged while the files of its instances are
+//! still being written: the writer runs the statements, then waits until
+//! every file in the group is durable, and only then commits. A file that
+//! fails takes its row out of the group (the group is rolled back and
+//! written again without it), so no committed row ever lacks its file.
+
+use std::collections::{HashMap, HashSet};
 
 use meridian_dicom::InstanceInfo;
 use tokio::sync::{mpsc, oneshot};
@@ -7,12 +17,18 @@ use tokio::sync::{mpsc, oneshot};
 use crate::db::Db;
 use crate::{DuplicatePolicy, StoreError, now_ms};
 
+/// Whether the instance's file became durable (sent by the thread writing it).
+pub(crate) type Durable = oneshot::Receiver<bool>;
+
 pub(crate) struct Job {
     /// The site (tenant) the instance arrives for.
     pub site: String,
     pub info: InstanceInfo,
     pub key: String,
     pub size: i64,
+    /// `None`: the file is already durable. `Some`: the row may be staged
+    /// now but is committed only after this reports `true`.
+    pub durable: Option<Durable>,
     pub reply: oneshot::Sender<Result<Written, StoreError>>,
 }
 
@@ -27,8 +43,28 @@ pub(crate) enum Written {
 }
 
 const MAX_BATCH: usize = 256;
+/// Rows per multi-row statement (13 parameters each; well under the
+/// parameter limits of SQLite and PostgreSQL).
+const ROWS_PER_STATEMENT: usize = 128;
 
-pub(crate) async fn run(db: Db, mut rx: mpsc::Receiver<Job>, policy: DuplicatePolicy) {
+/// Starts the writer on a thread of its own (a single-threaded runtime), so
+/// its turns at the database do not queue behind the associations' tasks on
+/// a busy machine: every statement is a hop to the database and back.
+pub(crate) fn start(
+    db: Db,
+    rx: mpsc::Receiver<Job>,
+    policy: DuplicatePolicy,
+) -> Result<(), StoreError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("meridian-index-writer".into())
+        .spawn(move || rt.block_on(run(db, rx, policy)))?;
+    Ok(())
+}
+
+async fn run(db: Db, mut rx: mpsc::Receiver<Job>, policy: DuplicatePolicy) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -39,40 +75,95 @@ pub(crate) async fn run(db: Db, mut rx: mpsc::Receiver<Job>, policy: DuplicatePo
             }
         }
         let jobs = std::mem::take(&mut batch);
-        match commit(&db, &jobs, policy).await {
-            Ok(results) => {
-                for (job, r) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(Ok(r));
-                }
+        write_group(&db, jobs, policy).await;
+    }
+}
+
+/// The files' fates, waited for once.
+struct Fates(Vec<Option<bool>>);
+
+impl Fates {
+    async fn settle(&mut self, jobs: &mut [Job]) -> &[Option<bool>] {
+        for (k, job) in jobs.iter_mut().enumerate() {
+            if self.0[k].is_none() {
+                let ok = match job.durable.take() {
+                    None => true,
+                    Some(rx) => rx.await.unwrap_or(false),
+                };
+                self.0[k] = Some(ok);
             }
-            Err(e) => {
-                // The group failed as a whole: retry one by one so one bad row
-                // does not fail its neighbours.
-                tracing::warn!(error = %e, "group commit failed; retrying individually");
-                for job in jobs {
-                    let r = commit(&db, std::slice::from_ref(&job), policy)
-                        .await
-                        .map(|mut v| v.remove(0));
-                    let _ = job.reply.send(r);
-                }
+        }
+        &self.0
+    }
+}
+
+async fn write_group(db: &Db, mut jobs: Vec<Job>, policy: DuplicatePolicy) {
+    let mut fates = Fates(vec![None; jobs.len()]);
+    let staged = stage_and_commit(db, &mut jobs, &mut fates, policy).await;
+    match staged {
+        Ok(results) => {
+            for (job, r) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(r);
+            }
+        }
+        Err(e) => {
+            // The group failed as a whole: write each durable job on its own
+            // so one bad row does not fail its neighbours.
+            tracing::warn!(error = %e, "group commit failed; retrying individually");
+            let ok = fates.settle(&mut jobs).await.to_vec();
+            for (job, ok) in jobs.into_iter().zip(ok) {
+                let r = if ok == Some(true) {
+                    commit_alone(db, &job, policy).await
+                } else {
+                    Err(file_failed())
+                };
+                let _ = job.reply.send(r);
             }
         }
     }
 }
 
-async fn commit(
+fn file_failed() -> StoreError {
+    StoreError::Io(std::io::Error::other(
+        "the instance file could not be made durable",
+    ))
+}
+
+/// Stages the group, waits for its files, commits. A failed file rolls the
+/// group back and stages it again without that row. Returns one result per job.
+async fn stage_and_commit(
     db: &Db,
-    jobs: &[Job],
+    jobs: &mut [Job],
+    fates: &mut Fates,
     policy: DuplicatePolicy,
-) -> Result<Vec<Written>, StoreError> {
-    let mut tx = db.begin_write().await?;
+) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
     let now = now_ms();
-    let mut out = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        out.push(insert_one(&mut tx, job, now, policy).await?);
+    let all: Vec<usize> = (0..jobs.len()).collect();
+    let (tx, written) = begin_and_stage(db, jobs, &all, now, policy).await?;
+    let ok = fates.settle(jobs).await.to_vec();
+    if ok.iter().all(|o| *o == Some(true)) {
+        tx.commit().await?;
+        return Ok(written.into_iter().map(Ok).collect());
     }
-    tx.commit().await?;
+    tx.rollback().await?;
+    let good: Vec<usize> = all.into_iter().filter(|&k| ok[k] == Some(true)).collect();
+    let mut out: Vec<Result<Written, StoreError>> =
+        (0..jobs.len()).map(|_| Err(file_failed())).collect();
+    if !good.is_empty() {
+        let (tx, written) = begin_and_stage(db, jobs, &good, now, policy).await?;
+        tx.commit().await?;
+        for (k, w) in good.into_iter().zip(written) {
+            out[k] = Ok(w);
+        }
+    }
     Ok(out)
+}
+
+async fn commit_alone(db: &Db, job: &Job, policy: DuplicatePolicy) -> Result<Written, StoreError> {
+    let (tx, mut w) =
+        begin_and_stage(db, std::slice::from_ref(job), &[0], now_ms(), policy).await?;
+    tx.commit().await?;
+    Ok(w.remove(0))
 }
 
 fn int(info: &InstanceInfo, tag: u32) -> Option<i64> {
@@ -93,125 +184,322 @@ pub(crate) fn fuzzy_name(name: &str) -> String {
     format!("^{}^", comps.join("^"))
 }
 
-async fn insert_one(
+/// `($1, $2, …), (…)` for `rows` rows of `cols` parameters.
+fn values(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", r * cols + c + 1));
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// A modality as kept in `studies.modalities` (`/CT/MR/`), or "" when
+/// absent or holding LIKE metacharacters.
+fn modality_of(info: &InstanceInfo) -> &str {
+    info.get(0x0008_0060)
+        .filter(|m| !m.is_empty() && !m.contains(['/', '%', '_', '!']))
+        .unwrap_or("")
+}
+
+/// How the writer learns which site owns each study of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owners {
+    /// Assume the group's first site for each new or known study and let the
+    /// study upsert verify it: one statement fewer, the common case.
+    Assume,
+    /// Read the owners first (after `Assume` met a study of another site).
+    Check,
+}
+
+/// Begins a transaction and writes the rows of `jobs[pick]`; returns the
+/// open transaction and the results in `pick` order.
+async fn begin_and_stage(
+    db: &Db,
+    jobs: &[Job],
+    pick: &[usize],
+    now: i64,
+    policy: DuplicatePolicy,
+) -> Result<(sqlx::Transaction<'static, sqlx::Any>, Vec<Written>), StoreError> {
+    let mut tx = db.begin_write().await?;
+    if let Some(w) = stage(&mut tx, jobs, pick, now, policy, Owners::Assume).await? {
+        return Ok((tx, w));
+    }
+    tx.rollback().await?;
+    let mut tx = db.begin_write().await?;
+    let w = stage(&mut tx, jobs, pick, now, policy, Owners::Check)
+        .await?
+        .ok_or_else(|| {
+            StoreError::Io(std::io::Error::other("study owners changed while writing"))
+        })?;
+    Ok((tx, w))
+}
+
+/// A study belongs to the site that sent it first; another site may not add
+/// to it. The owners of the group's studies, one query per 128 studies.
+async fn read_owners(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    jobs: &[Job],
+    pick: &[usize],
+) -> Result<HashMap<String, String>, StoreError> {
+    let mut studies: Vec<&str> = pick
+        .iter()
+        .map(|&k| jobs[k].info.study_uid.as_str())
+        .collect();
+    studies.sort_unstable();
+    studies.dedup();
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for chunk in studies.chunks(ROWS_PER_STATEMENT) {
+        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT study_uid, site_id FROM studies WHERE study_uid IN ({})",
+            params.join(", ")
+        );
+        // Only `$n` placeholders are formatted into the SQL; every value is bound.
+        let mut q = sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql));
+        for s in chunk {
+            q = q.bind(*s);
+        }
+        for (study, site) in q.fetch_all(&mut **tx).await? {
+            if let Some(site) = site {
+                owner.insert(study, site);
+            }
+        }
+    }
+    Ok(owner)
+}
+
+/// Writes the rows of `jobs[pick]` in `tx`; returns their results in `pick`
+/// order, or `None` when, with `Owners::Assume`, a study turned out to
+/// belong to another site (the caller rolls back and stages with `Check`).
+async fn stage(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    jobs: &[Job],
+    pick: &[usize],
+    now: i64,
+    policy: DuplicatePolicy,
+    owners: Owners,
+) -> Result<Option<Vec<Written>>, StoreError> {
+    let mut out: Vec<Option<Written>> = pick.iter().map(|_| None).collect();
+    let mut owner = match owners {
+        Owners::Check => read_owners(tx, jobs, pick).await?,
+        Owners::Assume => HashMap::new(),
+    };
+    // Candidates: the first of each SOP Instance UID in the group, of the
+    // owning site (with `Assume`, the first site of each study in the group).
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut candidates: Vec<usize> = Vec::new(); // positions in `pick`
+    let mut again: Vec<usize> = Vec::new(); // a SOP instance already in this group
+    for (p, &k) in pick.iter().enumerate() {
+        let job = &jobs[k];
+        let site = owner
+            .entry(job.info.study_uid.clone())
+            .or_insert_with(|| job.site.clone());
+        if *site != job.site {
+            out[p] = Some(Written::OtherSite);
+        } else if seen.insert(job.info.sop_instance_uid.as_str()) {
+            candidates.push(p);
+        } else {
+            again.push(p);
+        }
+    }
+    // 3. The instance rows, many per statement; RETURNING names the new ones.
+    let mut inserted: HashSet<String> = HashSet::new();
+    for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class, instance_number, rows_, columns_, frames, bits_allocated, transfer_syntax, object_key, size, received_at) \
+             VALUES {} ON CONFLICT (sop_uid) DO NOTHING RETURNING sop_uid",
+            values(chunk.len(), 13)
+        );
+        // Only `$n` placeholders are formatted into the SQL; every value is bound.
+        let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql));
+        for &p in chunk {
+            let job = &jobs[pick[p]];
+            let i = &job.info;
+            q = q
+                .bind(&i.sop_instance_uid)
+                .bind(&i.series_uid)
+                .bind(&i.study_uid)
+                .bind(&i.sop_class_uid)
+                .bind(int(i, 0x0020_0013))
+                .bind(int(i, 0x0028_0010))
+                .bind(int(i, 0x0028_0011))
+                .bind(int(i, 0x0028_0008).or(Some(1)))
+                .bind(int(i, 0x0028_0100))
+                .bind(&i.transfer_syntax)
+                .bind(&job.key)
+                .bind(job.size)
+                .bind(now);
+        }
+        for (sop,) in q.fetch_all(&mut **tx).await? {
+            inserted.insert(sop);
+        }
+    }
+    let mut new_rows: Vec<usize> = Vec::new();
+    let mut conflicts: Vec<usize> = Vec::new();
+    for &p in &candidates {
+        if inserted.contains(&jobs[pick[p]].info.sop_instance_uid) {
+            new_rows.push(p);
+            out[p] = Some(Written::Inserted);
+        } else {
+            conflicts.push(p);
+        }
+    }
+    conflicts.extend(again);
+    if owners == Owners::Assume && !conflicts.is_empty() {
+        // A known instance may sit in another site's study: read the owners
+        // before answering for it (duplicates are rare).
+        return Ok(None);
+    }
+    // 4. Instances already known: the duplicate policy, one by one (rare).
+    for p in conflicts {
+        out[p] = Some(match policy {
+            DuplicatePolicy::KeepFirst => Written::Duplicate,
+            DuplicatePolicy::Replace => replace(tx, &jobs[pick[p]], now).await?,
+        });
+    }
+    // 5. Series rows and counters: one upsert per series; a count equal to
+    // the group's own means the series is new.
+    let mut by_series: Vec<(&str, usize, i64)> = Vec::new(); // (series, first position, count)
+    for &p in &new_rows {
+        let uid = jobs[pick[p]].info.series_uid.as_str();
+        match by_series.iter_mut().find(|(s, _, _)| *s == uid) {
+            Some(e) => e.2 += 1,
+            None => by_series.push((uid, p, 1)),
+        }
+    }
+    let mut new_series: HashSet<&str> = HashSet::new();
+    for &(uid, p, count) in &by_series {
+        let i = &jobs[pick[p]].info;
+        let (total,): (i64,) = sqlx::query_as(
+            "INSERT INTO series (series_uid, study_uid, modality, series_number, series_description, body_part, series_date, pps_start_date, num_instances, received_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $9, $9) \
+             ON CONFLICT (series_uid) DO UPDATE SET num_instances = series.num_instances + $10, updated_at = $9 RETURNING num_instances",
+        )
+        .bind(uid)
+        .bind(&i.study_uid)
+        .bind(s(i, 0x0008_0060))
+        .bind(int(i, 0x0020_0011))
+        .bind(s(i, 0x0008_103E))
+        .bind(s(i, 0x0018_0015))
+        .bind(s(i, 0x0008_0021))
+        .bind(s(i, 0x0040_0244))
+        .bind(now)
+        .bind(count)
+        .fetch_one(&mut **tx)
+        .await?;
+        if total == count {
+            new_series.insert(uid);
+        }
+    }
+    // 6. Study rows, counters and modalities: one upsert per study and modality.
+    let mut by_study: Vec<(&str, &str, usize, i64, i64)> = Vec::new(); // (study, modality, first, instances, new series)
+    for &p in &new_rows {
+        let i = &jobs[pick[p]].info;
+        let (study, modality) = (i.study_uid.as_str(), modality_of(i));
+        let idx = match by_study
+            .iter()
+            .position(|(s, m, ..)| *s == study && *m == modality)
+        {
+            Some(idx) => idx,
+            None => {
+                by_study.push((study, modality, p, 0, 0));
+                by_study.len() - 1
+            }
+        };
+        by_study[idx].3 += 1;
+    }
+    for &(uid, p, _) in &by_series {
+        let i = &jobs[pick[p]].info;
+        if new_series.contains(uid)
+            && let Some(e) = by_study
+                .iter_mut()
+                .find(|(s, m, ..)| *s == i.study_uid && *m == modality_of(i))
+        {
+            e.4 += 1;
+        }
+    }
+    for &(_, modality, p, count, series) in &by_study {
+        let job = &jobs[pick[p]];
+        let i = &job.info;
+        let name = s(i, 0x0010_0010);
+        let (mods, pattern) = if modality.is_empty() {
+            (String::new(), "%".to_owned())
+        } else {
+            (format!("{modality}/"), format!("%/{modality}/%"))
+        };
+        let row: Option<(String,)> = sqlx::query_as(
+            "INSERT INTO studies (study_uid, patient_name, patient_name_fuzzy, patient_id, issuer, birth_date, sex, study_date, study_time, accession, study_description, referring_physician, study_id, modalities, num_series, num_instances, received_at, updated_at, site_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '/' || $15, $16, $19, $14, $14, $18) \
+             ON CONFLICT (study_uid) DO UPDATE SET num_instances = studies.num_instances + $19, num_series = studies.num_series + $16, updated_at = $14, stable_at = NULL, \
+             modalities = CASE WHEN studies.modalities LIKE $17 THEN studies.modalities ELSE studies.modalities || $15 END \
+             WHERE studies.site_id IS NULL OR studies.site_id = $18 RETURNING study_uid",
+        )
+        .bind(&i.study_uid)
+        .bind(name.clone())
+        .bind(name.as_deref().map(fuzzy_name))
+        .bind(s(i, 0x0010_0020))
+        .bind(s(i, 0x0010_0021))
+        .bind(s(i, 0x0010_0030))
+        .bind(s(i, 0x0010_0040))
+        .bind(s(i, 0x0008_0020))
+        .bind(s(i, 0x0008_0030))
+        .bind(s(i, 0x0008_0050))
+        .bind(s(i, 0x0008_1030))
+        .bind(s(i, 0x0008_0090))
+        .bind(s(i, 0x0020_0010))
+        .bind(now)
+        .bind(mods)
+        .bind(series)
+        .bind(pattern)
+        .bind(&job.site)
+        .bind(count)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if row.is_none() {
+            // The study belongs to another site: only possible with `Assume`.
+            return Ok(None);
+        }
+    }
+    Ok(Some(
+        out.into_iter()
+            .map(|w| w.unwrap_or(Written::Duplicate))
+            .collect(),
+    ))
+}
+
+/// Replace policy: the known instance's row takes the new file.
+async fn replace(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     job: &Job,
     now: i64,
-    policy: DuplicatePolicy,
 ) -> Result<Written, StoreError> {
     let i = &job.info;
-    // A study belongs to the site that sent it first; another site may not add to it.
-    let owner: Option<(Option<String>,)> =
-        sqlx::query_as("SELECT site_id FROM studies WHERE study_uid = $1")
-            .bind(&i.study_uid)
-            .fetch_optional(&mut **tx)
-            .await?;
-    if let Some((Some(owner),)) = owner
-        && owner != job.site
-    {
-        return Ok(Written::OtherSite);
-    }
-    let r = sqlx::query(
-        "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class, instance_number, rows_, columns_, frames, bits_allocated, transfer_syntax, object_key, size, received_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (sop_uid) DO NOTHING",
-    )
-    .bind(&i.sop_instance_uid)
-    .bind(&i.series_uid)
-    .bind(&i.study_uid)
-    .bind(&i.sop_class_uid)
-    .bind(int(i, 0x0020_0013))
-    .bind(int(i, 0x0028_0010))
-    .bind(int(i, 0x0028_0011))
-    .bind(int(i, 0x0028_0008).or(Some(1)))
-    .bind(int(i, 0x0028_0100))
-    .bind(&i.transfer_syntax)
-    .bind(&job.key)
-    .bind(job.size)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    if r.rows_affected() == 0 {
-        return match policy {
-            DuplicatePolicy::KeepFirst => Ok(Written::Duplicate),
-            DuplicatePolicy::Replace => {
-                let (old,): (String,) =
-                    sqlx::query_as("SELECT object_key FROM instances WHERE sop_uid = $1")
-                        .bind(&i.sop_instance_uid)
-                        .fetch_one(&mut **tx)
-                        .await?;
-                sqlx::query("UPDATE instances SET object_key = $1, size = $2, transfer_syntax = $3, received_at = $4 WHERE sop_uid = $5")
-                    .bind(&job.key)
-                    .bind(job.size)
-                    .bind(&i.transfer_syntax)
-                    .bind(now)
-                    .bind(&i.sop_instance_uid)
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query(
-                    "UPDATE studies SET updated_at = $1, stable_at = NULL WHERE study_uid = $2",
-                )
-                .bind(now)
-                .bind(&i.study_uid)
-                .execute(&mut **tx)
-                .await?;
-                Ok(Written::Replaced(old))
-            }
-        };
-    }
-    // Series row and counter in one statement; a count of 1 means a new series.
-    let (series_count,): (i64,) = sqlx::query_as(
-        "INSERT INTO series (series_uid, study_uid, modality, series_number, series_description, body_part, series_date, pps_start_date, num_instances, received_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9) \
-         ON CONFLICT (series_uid) DO UPDATE SET num_instances = series.num_instances + 1, updated_at = $9 RETURNING num_instances",
-    )
-    .bind(&i.series_uid)
-    .bind(&i.study_uid)
-    .bind(s(i, 0x0008_0060))
-    .bind(int(i, 0x0020_0011))
-    .bind(s(i, 0x0008_103E))
-    .bind(s(i, 0x0018_0015))
-    .bind(s(i, 0x0008_0021))
-    .bind(s(i, 0x0040_0244))
-    .bind(now)
-    .fetch_one(&mut **tx)
-    .await?;
-    let new_series = i64::from(series_count == 1);
-    // Study row, counters and modalities in one statement.
-    let name = s(i, 0x0010_0010);
-    let modality = i
-        .get(0x0008_0060)
-        .filter(|m| !m.is_empty() && !m.contains(['/', '%', '_', '!']))
-        .unwrap_or("");
-    let (mods, pattern) = if modality.is_empty() {
-        (String::new(), "%".to_owned())
-    } else {
-        (format!("{modality}/"), format!("%/{modality}/%"))
-    };
-    sqlx::query(
-        "INSERT INTO studies (study_uid, patient_name, patient_name_fuzzy, patient_id, issuer, birth_date, sex, study_date, study_time, accession, study_description, referring_physician, study_id, modalities, num_series, num_instances, received_at, updated_at, site_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '/' || $15, $16, 1, $14, $14, $18) \
-         ON CONFLICT (study_uid) DO UPDATE SET num_instances = studies.num_instances + 1, num_series = studies.num_series + $16, updated_at = $14, stable_at = NULL, \
-         modalities = CASE WHEN studies.modalities LIKE $17 THEN studies.modalities ELSE studies.modalities || $15 END",
-    )
-    .bind(&i.study_uid)
-    .bind(name.clone())
-    .bind(name.as_deref().map(fuzzy_name))
-    .bind(s(i, 0x0010_0020))
-    .bind(s(i, 0x0010_0021))
-    .bind(s(i, 0x0010_0030))
-    .bind(s(i, 0x0010_0040))
-    .bind(s(i, 0x0008_0020))
-    .bind(s(i, 0x0008_0030))
-    .bind(s(i, 0x0008_0050))
-    .bind(s(i, 0x0008_1030))
-    .bind(s(i, 0x0008_0090))
-    .bind(s(i, 0x0020_0010))
-    .bind(now)
-    .bind(mods)
-    .bind(new_series)
-    .bind(pattern)
-    .bind(&job.site)
-    .execute(&mut **tx)
-    .await?;
-    Ok(Written::Inserted)
+    let (old,): (String,) = sqlx::query_as("SELECT object_key FROM instances WHERE sop_uid = $1")
+        .bind(&i.sop_instance_uid)
+        .fetch_one(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE instances SET object_key = $1, size = $2, transfer_syntax = $3, received_at = $4 WHERE sop_uid = $5")
+        .bind(&job.key)
+        .bind(job.size)
+        .bind(&i.transfer_syntax)
+        .bind(now)
+        .bind(&i.sop_instance_uid)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE studies SET updated_at = $1, stable_at = NULL WHERE study_uid = $2")
+        .bind(now)
+        .bind(&i.study_uid)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Written::Replaced(old))
 }

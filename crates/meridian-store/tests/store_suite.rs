@@ -584,6 +584,135 @@ async fn many_concurrent_stores_group_commit() {
     assert_eq!(st[0].get(0x0020_1206), Some("4"));
 }
 
+/// One burst that lands in a few groups: two series of different
+/// modalities, re-sends, another site trying to add to the study, a second
+/// site's own study and a file that never became durable. Each instance gets
+/// the outcome it would get alone, and the counters add up.
+#[tokio::test(flavor = "multi_thread")]
+async fn mixed_groups_commit_like_single_stores() {
+    let e = env().await;
+    let s = &e.store;
+    s.put_site("site-a", "Site A").await.unwrap();
+    s.put_site("site-b", "Site B").await.unwrap();
+    let mut tasks = Vec::new();
+    let spawn = |site: &'static str, i: InstanceInfo, body: &'static [u8]| {
+        let st = s.clone();
+        tokio::spawn(async move { st.store(site, i, Bytes::from_static(body)).await })
+    };
+    for n in 0..20 {
+        let i = info(
+            "6.1",
+            "6.1.1",
+            &format!("6.1.1.{n}"),
+            &[(0x0008_0060, "CT")],
+        );
+        tasks.push(("a-ct", spawn("site-a", i, b"ct")));
+    }
+    for n in 0..5 {
+        let i = info(
+            "6.1",
+            "6.1.2",
+            &format!("6.1.2.{n}"),
+            &[(0x0008_0060, "SR")],
+        );
+        tasks.push(("a-sr", spawn("site-a", i, b"sr")));
+    }
+    for n in 0..10 {
+        let i = info(
+            "6.2",
+            "6.2.1",
+            &format!("6.2.1.{n}"),
+            &[(0x0008_0060, "MR")],
+        );
+        tasks.push(("b-mr", spawn("site-b", i, b"mr")));
+    }
+    let mut outcomes: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for (what, t) in tasks {
+        let r = t.await.unwrap();
+        outcomes.entry(what).or_default().push(format!("{r:?}"));
+    }
+    for (what, rs) in &outcomes {
+        assert!(rs.iter().all(|r| r == "Ok(Stored)"), "{what}: {rs:?}");
+    }
+    // Second burst: re-sends (duplicates), site B reaching into A's study,
+    // and new instances of A, all at once.
+    let mut tasks = Vec::new();
+    for n in 0..5 {
+        let i = info(
+            "6.1",
+            "6.1.1",
+            &format!("6.1.1.{n}"),
+            &[(0x0008_0060, "CT")],
+        );
+        tasks.push(("dup", spawn("site-a", i, b"again")));
+        let i = info(
+            "6.1",
+            "6.1.3",
+            &format!("6.1.3.{n}"),
+            &[(0x0008_0060, "CT")],
+        );
+        tasks.push(("intruder", spawn("site-b", i, b"x")));
+        let i = info(
+            "6.1",
+            "6.1.1",
+            &format!("6.1.1.{}", 100 + n),
+            &[(0x0008_0060, "CT")],
+        );
+        tasks.push(("new", spawn("site-a", i, b"ct")));
+    }
+    // A file that fails while its row is staged: no row, neighbours unharmed.
+    let st = s.clone();
+    let failing = tokio::task::spawn_blocking(move || {
+        let i = info("6.1", "6.1.1", "6.1.1.999", &[(0x0008_0060, "CT")]);
+        let key = Store::new_key(&i).unwrap();
+        let (pending, fate) = st.queue_blocking("site-a", i, key, 1).unwrap();
+        fate.report(false);
+        pending
+    })
+    .await
+    .unwrap();
+    assert!(failing.outcome().await.is_err());
+    for (what, t) in tasks {
+        let r = t.await.unwrap();
+        match what {
+            "dup" => assert_eq!(r.unwrap(), StoreOutcome::Duplicate),
+            "intruder" => assert!(
+                matches!(r, Err(meridian_store::StoreError::OtherSite)),
+                "{r:?}"
+            ),
+            _ => assert_eq!(r.unwrap(), StoreOutcome::Stored),
+        }
+    }
+    assert!(!s.contains("6.1.1.999").await.unwrap());
+    assert!(!s.contains("6.1.3.0").await.unwrap());
+    // 2 studies; series 6.1.1, 6.1.2, 6.2.1; 25 + 5 + 10 instances.
+    assert_eq!(s.counts().await.unwrap(), (2, 3, 40));
+    let st = s
+        .find(
+            &q(
+                Level::Study,
+                &[("StudyInstanceUID", "6.1"), ("ModalitiesInStudy", "")],
+            ),
+            &Scope::All,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].get(0x0020_1208), Some("30"));
+    assert_eq!(st[0].get(0x0020_1206), Some("2"));
+    let mods = st[0].get(0x0008_0061).unwrap_or_default();
+    assert!(mods.contains("CT") && mods.contains("SR"), "{mods}");
+    let b = s
+        .find(&q(Level::Study, &[]), &Scope::Site("site-b".into()))
+        .await
+        .unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].get(0x0020_1208), Some("10"));
+    let report = s.fsck().await.unwrap();
+    assert!(report.is_consistent());
+    assert!(report.orphans.is_empty(), "{:?}", report.orphans);
+}
+
 /// Property: for random archives and random C-FIND/QIDO keys, the SQL
 /// translation returns exactly the studies the pure matching semantics
 /// (`meridian_core::Query::matches`) select, on SQLite and PostgreSQL alike.
