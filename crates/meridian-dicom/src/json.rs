@@ -200,7 +200,7 @@ pub fn bulk_at(obj: &InMemDicomObject, path: &str) -> Option<Vec<u8>> {
     let mut i = 0;
     loop {
         let tag = parse_tag(parts.get(i)?)?;
-        let e = cur.element(tag).ok()?;
+        let e = cur.get(tag)?;
         if i + 1 == parts.len() {
             return match e.value() {
                 Value::Primitive(p) => Some(p.to_bytes().into_owned()),

@@ -298,7 +298,7 @@ fn inflate_bounded(data: &[u8], max: usize) -> Result<Vec<u8>, ParseError> {
 
 /// Reads an element as a trimmed string (multiple values joined with `\`).
 pub fn get_str(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let e = obj.element(tag).ok()?;
+    let e = obj.get(tag)?;
     if e.header().is_empty() {
         return None;
     }

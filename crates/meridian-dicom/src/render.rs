@@ -58,8 +58,8 @@ pub fn stored_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Vec<u8>, Ren
         return Err(RenderError::NoSuchFrame(frame + 1, n));
     }
     let e = obj
-        .element(tags::PIXEL_DATA)
-        .map_err(|_| RenderError::NoPixelData)?;
+        .get(tags::PIXEL_DATA)
+        .ok_or(RenderError::NoPixelData)?;
     match e.value() {
         Value::PixelSequence(ps) => {
             let frags = ps.fragments();
@@ -137,7 +137,7 @@ pub fn render(
     format: Format,
 ) -> Result<Vec<u8>, RenderError> {
     if obj
-        .element(tags::PIXEL_DATA)
+        .get(tags::PIXEL_DATA)
         .map(|e| e.header().is_empty())
         .unwrap_or(true)
     {
@@ -206,8 +206,8 @@ fn palette_image(
     let lut =
         |desc: dicom_core::Tag, data: dicom_core::Tag| -> Result<(Vec<u8>, i64), RenderError> {
             let de = obj
-                .element(desc)
-                .map_err(|_| RenderError::Decode("palette LUT descriptor missing".into()))?;
+                .get(desc)
+                .ok_or_else(|| RenderError::Decode("palette LUT descriptor missing".into()))?;
             let dv: Vec<i64> = de
                 .to_multi_int::<i64>()
                 .map_err(|e| RenderError::Decode(e.to_string()))?;
@@ -219,8 +219,8 @@ fn palette_image(
             let entries = if dv[0] == 0 { 65536 } else { dv[0] as usize };
             let (first, bits) = (dv[1], dv[2]);
             let raw = obj
-                .element(data)
-                .map_err(|_| RenderError::Decode("palette LUT data missing".into()))?
+                .get(data)
+                .ok_or_else(|| RenderError::Decode("palette LUT data missing".into()))?
                 .to_bytes()
                 .map_err(|e| RenderError::Decode(e.to_string()))?
                 .into_owned();

@@ -74,12 +74,11 @@ pub enum Incoming {
 }
 
 pub fn get_u16(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
-    obj.element(tag).ok()?.to_int::<u16>().ok()
+    obj.get(tag)?.to_int::<u16>().ok()
 }
 
 pub fn get_string(obj: &InMemDicomObject, tag: Tag) -> String {
-    obj.element(tag)
-        .ok()
+    obj.get(tag)
         .and_then(|e| {
             e.to_str()
                 .ok()

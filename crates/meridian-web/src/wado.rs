@@ -213,7 +213,7 @@ fn instance_json(data: &[u8], inst: &InstanceRef, base: &str) -> Result<J, ApiEr
     );
     let mut v = json::to_json(&obj, &format!("{inst_url}/bulkdata"));
     if let J::Object(m) = &mut v {
-        if obj.element(dicom_dictionary_std::tags::ROWS).is_ok() {
+        if obj.get(dicom_dictionary_std::tags::ROWS).is_some() {
             let bits =
                 meridian_dicom::parse::get_str(&obj, dicom_dictionary_std::tags::BITS_ALLOCATED)
                     .and_then(|b| b.parse::<u16>().ok())
