@@ -57,9 +57,7 @@ pub fn stored_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Vec<u8>, Ren
     if frame >= n {
         return Err(RenderError::NoSuchFrame(frame + 1, n));
     }
-    let e = obj
-        .get(tags::PIXEL_DATA)
-        .ok_or(RenderError::NoPixelData)?;
+    let e = obj.get(tags::PIXEL_DATA).ok_or(RenderError::NoPixelData)?;
     match e.value() {
         Value::PixelSequence(ps) => {
             let frags = ps.fragments();

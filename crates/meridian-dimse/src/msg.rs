@@ -144,7 +144,14 @@ pub fn el_error_comment(msg: &str) -> DataElement<InMemDicomObject> {
 
 /// Receives the next DIMSE message, reassembling command and data fragments.
 /// Data beyond `max_data` bytes is read and discarded (`overflow`).
-pub async fn receive<A, S>(assoc: &mut A, max_data: usize) -> Result<Incoming, DimseError>
+/// `size_hint` is the expected data set size (e.g. the previous one on this
+/// association: a series' images are alike), so the buffer is sized once
+/// instead of grown and copied.
+pub async fn receive<A, S>(
+    assoc: &mut A,
+    max_data: usize,
+    size_hint: usize,
+) -> Result<Incoming, DimseError>
 where
     A: AsyncAssociation<S> + Association + Send,
     S: AsyncRead + AsyncWrite + Unpin,
@@ -205,7 +212,12 @@ where
                                     // The first fragment: take it, and leave room for a few more.
                                     data = pdv.data;
                                     if !is_last {
-                                        data.reserve(data.len() * 7);
+                                        let want = if size_hint > data.len() {
+                                            size_hint + size_hint / 64
+                                        } else {
+                                            data.len() * 8
+                                        };
+                                        data.reserve(want.min(max_data).saturating_sub(data.len()));
                                     }
                                 } else {
                                     data.extend_from_slice(&pdv.data);

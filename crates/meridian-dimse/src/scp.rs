@@ -522,11 +522,16 @@ impl Scp {
         peer: SocketAddr,
     ) -> Result<(), DimseError> {
         let max_data = self.ingest.limits.max_object;
+        // The size of the last data set: the next one is likely alike.
+        let mut size_hint = 0;
         loop {
-            let m = match msg::receive(assoc, max_data).await? {
+            let m = match msg::receive(assoc, max_data, size_hint).await? {
                 Incoming::Message(m) => m,
                 Incoming::Released | Incoming::Aborted => return Ok(()),
             };
+            if let Some(d) = &m.data {
+                size_hint = d.len();
+            }
             let field = m.field();
             match field {
                 cmd::C_ECHO_RQ => self.echo(assoc, &m).await?,
@@ -941,7 +946,7 @@ impl Scp {
                                     el_ui(tags::AFFECTED_SOP_INSTANCE_UID, &inst.sop_uid),
                                 ])?;
                                 msg::send(assoc, pc, command, Some(&bytes)).await?;
-                                match msg::receive(assoc, 1 << 20).await? {
+                                match msg::receive(assoc, 1 << 20, 0).await? {
                                     Incoming::Message(r) if r.field() == cmd::C_STORE_RSP => {
                                         let st = msg::get_u16(&r.command, tags::STATUS)
                                             .unwrap_or(0xFFFF);

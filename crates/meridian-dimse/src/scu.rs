@@ -107,7 +107,7 @@ impl StoreScu {
         }
         let command = msg::encode_command(els)?;
         msg::send(&mut self.assoc, pc_id, command, Some(dataset)).await?;
-        match msg::receive(&mut self.assoc, 1 << 20).await? {
+        match msg::receive(&mut self.assoc, 1 << 20, 0).await? {
             Incoming::Message(m) if m.field() == cmd::C_STORE_RSP => Ok(StoreStatus {
                 status: msg::get_u16(&m.command, tags::STATUS).unwrap_or(0xFFFF),
                 comment: m.str(tags::ERROR_COMMENT),

@@ -11,7 +11,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
-use crate::{PendingIndex, Store, StoreError, StoreOutcome};
+use crate::{Committed, Store, StoreError, StoreOutcome};
 
 static RECEIVED: LazyLock<IntCounter> = LazyLock::new(|| {
     let c = IntCounter::new(
@@ -228,10 +228,11 @@ impl Ingest {
         let limits = self.limits;
         let store = self.store.clone();
         let site = site.to_owned();
-        // One blocking hop: bounded parse, then the index row goes to the
-        // writer (which stages it) while the file is written and fsynced.
-        let (info, pending, len, wrote) = tokio::task::spawn_blocking(
-            move || -> Result<(InstanceInfo, PendingIndex, usize, Result<(), StoreError>), IngestError> {
+        // One blocking hop: bounded parse; the index row goes to the writer
+        // (which stages it) while the file is written and fsynced; then the
+        // same thread waits for the commit.
+        let (info, committed, len, wrote) = tokio::task::spawn_blocking(
+            move || -> Result<(InstanceInfo, Committed, usize, Result<(), StoreError>), IngestError> {
                 let parsed = parse_input(input, &limits);
                 // The permit bounds parsing (CPU and memory); waiting on the
                 // disk below does not hold it.
@@ -248,21 +249,21 @@ impl Ingest {
                         store.queue_blocking(&site, info.clone(), key.clone(), len as i64)?;
                     let wrote = blobs.put_durable_blocking(&key, &[&head, &body]);
                     fate.report(wrote.is_ok());
-                    Ok((info, pending, len, wrote))
+                    Ok((info, pending.wait_blocking(), len, wrote))
                 } else {
                     // A large object is made durable before the writer sees it,
                     // so the writer never holds its transaction open for long.
                     blobs.put_durable_blocking(&key, &[&head, &body])?;
                     let pending =
                         store.queue_durable_blocking(&site, info.clone(), key, len as i64)?;
-                    Ok((info, pending, len, Ok(())))
+                    Ok((info, pending.wait_blocking(), len, Ok(())))
                 }
             },
         )
         .await
         .map_err(|_| IngestError::Busy)??;
         // A failed file leaves no row; the outcome also removes what was written.
-        let outcome = pending.outcome().await;
+        let outcome = committed.outcome().await;
         wrote?;
         let outcome = outcome?;
         BYTES.inc_by(len as u64);

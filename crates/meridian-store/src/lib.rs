@@ -102,9 +102,41 @@ impl PendingIndex {
     /// Waits for the commit. Removes the new file when it loses to an
     /// existing copy (or was refused), the old one when it replaces it.
     pub async fn outcome(self) -> Result<StoreOutcome, StoreError> {
+        let res = self.rx.await.map_err(|_| StoreError::Closed);
+        Committed {
+            store: self.store,
+            key: self.key,
+            res,
+        }
+        .outcome()
+        .await
+    }
+
+    /// Waits for the commit on a blocking thread (one wake-up fewer for the
+    /// caller than returning to async code and awaiting there).
+    pub fn wait_blocking(self) -> Committed {
+        let res = self.rx.blocking_recv().map_err(|_| StoreError::Closed);
+        Committed {
+            store: self.store,
+            key: self.key,
+            res,
+        }
+    }
+}
+
+/// A committed (or refused) index row; [`Committed::outcome`] tidies up files.
+pub struct Committed {
+    store: Store,
+    key: String,
+    res: Result<Result<writer::Written, StoreError>, StoreError>,
+}
+
+impl Committed {
+    /// The outcome. Removes the new file when it lost to an existing copy
+    /// (or was refused), the old one when it was replaced.
+    pub async fn outcome(self) -> Result<StoreOutcome, StoreError> {
         let blobs = &self.store.inner.blobs;
-        let res = self.rx.await.map_err(|_| StoreError::Closed)?;
-        match res {
+        match self.res.and_then(|r| r) {
             Ok(writer::Written::Inserted) => Ok(StoreOutcome::Stored),
             Ok(writer::Written::Duplicate) => {
                 // Keep-first, or lost a race with another copy: drop ours.
