@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use meridian_dicom::InstanceInfo;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::Db;
+use crate::db::{Db, DbKind};
 use crate::{DuplicatePolicy, StoreError, now_ms};
 
 /// Whether the instance's file became durable (sent by the thread writing it).
@@ -231,7 +231,12 @@ async fn begin_and_stage(
     policy: DuplicatePolicy,
 ) -> Result<(sqlx::Transaction<'static, sqlx::Any>, Vec<Written>), StoreError> {
     let mut tx = db.begin_write().await?;
-    if let Some(w) = stage(&mut tx, jobs, pick, now, policy, Owners::Assume).await? {
+    let first_try = if db.kind == DbKind::Sqlite {
+        stage_sqlite(&mut tx, jobs, pick, now).await?
+    } else {
+        stage(&mut tx, jobs, pick, now, policy, Owners::Assume).await?
+    };
+    if let Some(w) = first_try {
         return Ok((tx, w));
     }
     tx.rollback().await?;
@@ -242,6 +247,216 @@ async fn begin_and_stage(
             StoreError::Io(std::io::Error::other("study owners changed while writing"))
         })?;
     Ok((tx, w))
+}
+
+/// Renumbers the `$n` placeholders of `sql` by `by`.
+fn shift_params(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '$' {
+            let mut n = 0usize;
+            let mut digits = false;
+            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                n = n * 10 + d as usize;
+                digits = true;
+                chars.next();
+            }
+            if digits {
+                out.push_str(&(n + by).to_string());
+            }
+        }
+    }
+    out
+}
+
+const INSERT_INSTANCES: &str = "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class, instance_number, rows_, columns_, frames, bits_allocated, transfer_syntax, object_key, size, received_at) VALUES ";
+
+/// The series row and its instance count ($10 new instances).
+macro_rules! upsert_series {
+    () => {
+        "INSERT INTO series (series_uid, study_uid, modality, series_number, series_description, body_part, series_date, pps_start_date, num_instances, received_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $9, $9) \
+         ON CONFLICT (series_uid) DO UPDATE SET num_instances = series.num_instances + $10, updated_at = $9"
+    };
+}
+const UPSERT_SERIES: &str = upsert_series!();
+const UPSERT_SERIES_COUNT: &str = concat!(upsert_series!(), " RETURNING num_instances");
+/// Study row, counters ($16 new series, $19 new instances) and modalities;
+/// the `WHERE` refuses a study of another site (no row returned).
+const UPSERT_STUDY: &str = "INSERT INTO studies (study_uid, patient_name, patient_name_fuzzy, patient_id, issuer, birth_date, sex, study_date, study_time, accession, study_description, referring_physician, study_id, modalities, num_series, num_instances, received_at, updated_at, site_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '/' || $15, $16, $19, $14, $14, $18) \
+             ON CONFLICT (study_uid) DO UPDATE SET num_instances = studies.num_instances + $19, num_series = studies.num_series + $16, updated_at = $14, stable_at = NULL, \
+             modalities = CASE WHEN studies.modalities LIKE $17 THEN studies.modalities ELSE studies.modalities || $15 END \
+             WHERE studies.site_id IS NULL OR studies.site_id = $18 RETURNING study_uid";
+/// The same for SQLite's one-command path: the series count is recounted
+/// from `series` ($16 unused).
+const UPSERT_STUDY_RECOUNT: &str = "INSERT INTO studies (study_uid, patient_name, patient_name_fuzzy, patient_id, issuer, birth_date, sex, study_date, study_time, accession, study_description, referring_physician, study_id, modalities, num_series, num_instances, received_at, updated_at, site_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '/' || $15, (SELECT count(*) FROM series WHERE study_uid = $1), $19, $14, $14, $18) \
+     ON CONFLICT (study_uid) DO UPDATE SET num_instances = studies.num_instances + $19, num_series = (SELECT count(*) FROM series WHERE study_uid = $1), updated_at = $14, stable_at = NULL, \
+     modalities = CASE WHEN studies.modalities LIKE $17 THEN studies.modalities ELSE studies.modalities || $15 END \
+     WHERE studies.site_id IS NULL OR studies.site_id = $18 RETURNING 't'";
+
+type Q<'q, O> = sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments>;
+
+/// Instance row parameters ($1..$13 of an `INSERT_INSTANCES` row).
+fn bind_instance<'q, O>(q: Q<'q, O>, job: &'q Job, now: i64) -> Q<'q, O> {
+    let i = &job.info;
+    q.bind(&i.sop_instance_uid)
+        .bind(&i.series_uid)
+        .bind(&i.study_uid)
+        .bind(&i.sop_class_uid)
+        .bind(int(i, 0x0020_0013))
+        .bind(int(i, 0x0028_0010))
+        .bind(int(i, 0x0028_0011))
+        .bind(int(i, 0x0028_0008).or(Some(1)))
+        .bind(int(i, 0x0028_0100))
+        .bind(&i.transfer_syntax)
+        .bind(&job.key)
+        .bind(job.size)
+        .bind(now)
+}
+
+/// Series upsert parameters ($1..$10 of `UPSERT_SERIES`).
+fn bind_series<'q, O>(
+    q: Q<'q, O>,
+    uid: &'q str,
+    i: &'q InstanceInfo,
+    now: i64,
+    count: i64,
+) -> Q<'q, O> {
+    q.bind(uid)
+        .bind(&i.study_uid)
+        .bind(s(i, 0x0008_0060))
+        .bind(int(i, 0x0020_0011))
+        .bind(s(i, 0x0008_103E))
+        .bind(s(i, 0x0018_0015))
+        .bind(s(i, 0x0008_0021))
+        .bind(s(i, 0x0040_0244))
+        .bind(now)
+        .bind(count)
+}
+
+/// Study upsert parameters ($1..$19 of `UPSERT_STUDY` / `UPSERT_STUDY_RECOUNT`).
+fn bind_study<'q, O>(
+    q: Q<'q, O>,
+    job: &'q Job,
+    modality: &str,
+    now: i64,
+    new_series: i64,
+    count: i64,
+) -> Q<'q, O> {
+    let i = &job.info;
+    let name = s(i, 0x0010_0010);
+    let (mods, pattern) = if modality.is_empty() {
+        (String::new(), "%".to_owned())
+    } else {
+        (format!("{modality}/"), format!("%/{modality}/%"))
+    };
+    q.bind(&i.study_uid)
+        .bind(name.clone())
+        .bind(name.as_deref().map(fuzzy_name))
+        .bind(s(i, 0x0010_0020))
+        .bind(s(i, 0x0010_0021))
+        .bind(s(i, 0x0010_0030))
+        .bind(s(i, 0x0010_0040))
+        .bind(s(i, 0x0008_0020))
+        .bind(s(i, 0x0008_0030))
+        .bind(s(i, 0x0008_0050))
+        .bind(s(i, 0x0008_1030))
+        .bind(s(i, 0x0008_0090))
+        .bind(s(i, 0x0020_0010))
+        .bind(now)
+        .bind(mods)
+        .bind(new_series)
+        .bind(pattern)
+        .bind(&job.site)
+        .bind(count)
+}
+
+/// The SQLite path for the common group (new instances of studies of the
+/// sending site): every row in one multi-statement command sharing one
+/// parameter list, so a group costs three round trips to the database
+/// thread (begin, this, commit) whatever its size and number of series.
+/// Counts assume every instance is new and every study is the sender's; the
+/// rows returned check both, and `None` sends the group to the general path
+/// (after a rollback). Series counts per study are recounted from the series
+/// table (exact under SQLite's single writer).
+async fn stage_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    jobs: &[Job],
+    pick: &[usize],
+    now: i64,
+) -> Result<Option<Vec<Written>>, StoreError> {
+    // In-group re-sends and several sites on one study: the general path.
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut site_of: HashMap<&str, &str> = HashMap::new();
+    for &k in pick {
+        let i = &jobs[k].info;
+        if !seen.insert(i.sop_instance_uid.as_str())
+            || *site_of
+                .entry(i.study_uid.as_str())
+                .or_insert(jobs[k].site.as_str())
+                != jobs[k].site
+        {
+            return Ok(None);
+        }
+    }
+    let mut by_series: Vec<(&str, usize, i64)> = Vec::new();
+    let mut by_study: Vec<(&str, &str, usize, i64)> = Vec::new();
+    for &k in pick {
+        let i = &jobs[k].info;
+        match by_series.iter_mut().find(|(s, ..)| *s == i.series_uid) {
+            Some(e) => e.2 += 1,
+            None => by_series.push((i.series_uid.as_str(), k, 1)),
+        }
+        let m = modality_of(i);
+        match by_study
+            .iter_mut()
+            .find(|(s, mm, ..)| *s == i.study_uid && *mm == m)
+        {
+            Some(e) => e.3 += 1,
+            None => by_study.push((i.study_uid.as_str(), m, k, 1)),
+        }
+    }
+    let mut sql = String::new();
+    let mut n = 0usize; // parameters so far
+    for chunk in pick.chunks(ROWS_PER_STATEMENT) {
+        sql.push_str(INSERT_INSTANCES);
+        sql.push_str(&shift_params(&values(chunk.len(), 13), n));
+        sql.push_str(" ON CONFLICT (sop_uid) DO NOTHING RETURNING 'i';\n");
+        n += chunk.len() * 13;
+    }
+    for _ in &by_series {
+        sql.push_str(&shift_params(UPSERT_SERIES, n));
+        sql.push_str(";\n");
+        n += 10;
+    }
+    for _ in &by_study {
+        sql.push_str(&shift_params(UPSERT_STUDY_RECOUNT, n));
+        sql.push_str(";\n");
+        n += 19;
+    }
+    // Only `$n` placeholders are formatted into the SQL; every value is bound.
+    let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql));
+    for &k in pick {
+        q = bind_instance(q, &jobs[k], now);
+    }
+    for &(uid, k, count) in &by_series {
+        q = bind_series(q, uid, &jobs[k].info, now, count);
+    }
+    for &(_, modality, k, count) in &by_study {
+        // The series count is recounted in SQL here: parameter $16 is unused.
+        q = bind_study(q, &jobs[k], modality, now, 0, count);
+    }
+    let rows = q.fetch_all(&mut **tx).await?;
+    let inserted = rows.iter().filter(|(t,)| t == "i").count();
+    let studies = rows.iter().filter(|(t,)| t == "t").count();
+    if inserted != pick.len() || studies != by_study.len() {
+        return Ok(None);
+    }
+    Ok(Some(pick.iter().map(|_| Written::Inserted).collect()))
 }
 
 /// A study belongs to the site that sent it first; another site may not add
@@ -323,22 +538,7 @@ async fn stage(
         // Only `$n` placeholders are formatted into the SQL; every value is bound.
         let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql));
         for &p in chunk {
-            let job = &jobs[pick[p]];
-            let i = &job.info;
-            q = q
-                .bind(&i.sop_instance_uid)
-                .bind(&i.series_uid)
-                .bind(&i.study_uid)
-                .bind(&i.sop_class_uid)
-                .bind(int(i, 0x0020_0013))
-                .bind(int(i, 0x0028_0010))
-                .bind(int(i, 0x0028_0011))
-                .bind(int(i, 0x0028_0008).or(Some(1)))
-                .bind(int(i, 0x0028_0100))
-                .bind(&i.transfer_syntax)
-                .bind(&job.key)
-                .bind(job.size)
-                .bind(now);
+            q = bind_instance(q, &jobs[pick[p]], now);
         }
         for (sop,) in q.fetch_all(&mut **tx).await? {
             inserted.insert(sop);
@@ -380,23 +580,10 @@ async fn stage(
     let mut new_series: HashSet<&str> = HashSet::new();
     for &(uid, p, count) in &by_series {
         let i = &jobs[pick[p]].info;
-        let (total,): (i64,) = sqlx::query_as(
-            "INSERT INTO series (series_uid, study_uid, modality, series_number, series_description, body_part, series_date, pps_start_date, num_instances, received_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $9, $9) \
-             ON CONFLICT (series_uid) DO UPDATE SET num_instances = series.num_instances + $10, updated_at = $9 RETURNING num_instances",
-        )
-        .bind(uid)
-        .bind(&i.study_uid)
-        .bind(s(i, 0x0008_0060))
-        .bind(int(i, 0x0020_0011))
-        .bind(s(i, 0x0008_103E))
-        .bind(s(i, 0x0018_0015))
-        .bind(s(i, 0x0008_0021))
-        .bind(s(i, 0x0040_0244))
-        .bind(now)
-        .bind(count)
-        .fetch_one(&mut **tx)
-        .await?;
+        let q = sqlx::query_as(UPSERT_SERIES_COUNT);
+        let (total,): (i64,) = bind_series(q, uid, i, now, count)
+            .fetch_one(&mut **tx)
+            .await?;
         if total == count {
             new_series.insert(uid);
         }
@@ -429,42 +616,10 @@ async fn stage(
         }
     }
     for &(_, modality, p, count, series) in &by_study {
-        let job = &jobs[pick[p]];
-        let i = &job.info;
-        let name = s(i, 0x0010_0010);
-        let (mods, pattern) = if modality.is_empty() {
-            (String::new(), "%".to_owned())
-        } else {
-            (format!("{modality}/"), format!("%/{modality}/%"))
-        };
-        let row: Option<(String,)> = sqlx::query_as(
-            "INSERT INTO studies (study_uid, patient_name, patient_name_fuzzy, patient_id, issuer, birth_date, sex, study_date, study_time, accession, study_description, referring_physician, study_id, modalities, num_series, num_instances, received_at, updated_at, site_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '/' || $15, $16, $19, $14, $14, $18) \
-             ON CONFLICT (study_uid) DO UPDATE SET num_instances = studies.num_instances + $19, num_series = studies.num_series + $16, updated_at = $14, stable_at = NULL, \
-             modalities = CASE WHEN studies.modalities LIKE $17 THEN studies.modalities ELSE studies.modalities || $15 END \
-             WHERE studies.site_id IS NULL OR studies.site_id = $18 RETURNING study_uid",
-        )
-        .bind(&i.study_uid)
-        .bind(name.clone())
-        .bind(name.as_deref().map(fuzzy_name))
-        .bind(s(i, 0x0010_0020))
-        .bind(s(i, 0x0010_0021))
-        .bind(s(i, 0x0010_0030))
-        .bind(s(i, 0x0010_0040))
-        .bind(s(i, 0x0008_0020))
-        .bind(s(i, 0x0008_0030))
-        .bind(s(i, 0x0008_0050))
-        .bind(s(i, 0x0008_1030))
-        .bind(s(i, 0x0008_0090))
-        .bind(s(i, 0x0020_0010))
-        .bind(now)
-        .bind(mods)
-        .bind(series)
-        .bind(pattern)
-        .bind(&job.site)
-        .bind(count)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let q = sqlx::query_as(UPSERT_STUDY);
+        let row: Option<(String,)> = bind_study(q, &jobs[pick[p]], modality, now, series, count)
+            .fetch_optional(&mut **tx)
+            .await?;
         if row.is_none() {
             // The study belongs to another site: only possible with `Assume`.
             return Ok(None);
@@ -502,4 +657,102 @@ async fn replace(
         .execute(&mut **tx)
         .await?;
     Ok(Written::Replaced(old))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(site: &str, study: &str, series: &str, sop: &str, modality: &str) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job {
+            site: site.into(),
+            info: InstanceInfo {
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                sop_instance_uid: sop.into(),
+                study_uid: study.into(),
+                series_uid: series.into(),
+                transfer_syntax: "1.2.840.10008.1.2.1".into(),
+                values: vec![(0x0008_0060, modality.into()), (0x0010_0020, "P1".into())],
+            },
+            key: format!("{study}/{series}/{sop}.0.dcm"),
+            size: 10,
+            durable: None,
+            reply,
+        }
+    }
+
+    #[test]
+    fn placeholders_shift() {
+        assert_eq!(shift_params("($1, $2), $10", 13), "($14, $15), $23");
+        assert_eq!(shift_params("a = $1 || '$'", 2), "a = $3 || '$'");
+    }
+
+    /// The common group takes the one-command SQLite path and leaves the same
+    /// rows as the general path would; anything unusual falls back (None).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sqlite_groups_take_the_one_command_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("i.db").display());
+        let db = Db::connect(&url).await.expect("db");
+        db.migrate().await.expect("migrate");
+        let jobs = vec![
+            job("a", "9.1", "9.1.1", "9.1.1.1", "CT"),
+            job("a", "9.1", "9.1.1", "9.1.1.2", "CT"),
+            job("a", "9.1", "9.1.2", "9.1.2.1", "SR"),
+        ];
+        let mut tx = db.begin_write().await.expect("begin");
+        let w = stage_sqlite(&mut tx, &jobs, &[0, 1, 2], 1)
+            .await
+            .expect("stage");
+        assert!(matches!(
+            w.as_deref(),
+            Some([Written::Inserted, Written::Inserted, Written::Inserted])
+        ));
+        tx.commit().await.expect("commit");
+        // A second group adds to a known series and study.
+        let more = vec![job("a", "9.1", "9.1.1", "9.1.1.3", "CT")];
+        let mut tx = db.begin_write().await.expect("begin");
+        assert!(
+            stage_sqlite(&mut tx, &more, &[0], 2)
+                .await
+                .expect("stage")
+                .is_some()
+        );
+        tx.commit().await.expect("commit");
+        let row: (i64, i64, String, Option<String>) = sqlx::query_as(
+            "SELECT num_series, num_instances, modalities, site_id FROM studies WHERE study_uid = '9.1'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("study");
+        assert_eq!(row, (2, 4, "/CT/SR/".into(), Some("a".into())));
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT num_instances FROM series WHERE series_uid = '9.1.1'")
+                .fetch_one(&db.pool)
+                .await
+                .expect("series");
+        assert_eq!(n, 3);
+        // A re-send, another site's instance, an in-group duplicate: fall back.
+        for (group, pick) in [
+            (vec![job("a", "9.1", "9.1.1", "9.1.1.1", "CT")], vec![0]),
+            (vec![job("b", "9.1", "9.1.3", "9.1.3.1", "CT")], vec![0]),
+            (
+                vec![
+                    job("a", "9.2", "9.2.1", "9.2.1.1", "CT"),
+                    job("a", "9.2", "9.2.1", "9.2.1.1", "CT"),
+                ],
+                vec![0, 1],
+            ),
+        ] {
+            let mut tx = db.begin_write().await.expect("begin");
+            assert!(
+                stage_sqlite(&mut tx, &group, &pick, 3)
+                    .await
+                    .expect("stage")
+                    .is_none()
+            );
+            tx.rollback().await.expect("rollback");
+        }
+    }
 }
