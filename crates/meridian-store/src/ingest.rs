@@ -127,10 +127,6 @@ pub enum Input {
     },
 }
 
-/// Objects up to this size have their index row staged while their file is
-/// written; larger ones are written first.
-const PIPELINE_MAX: usize = 8 << 20;
-
 /// Parses what arrived: the instance's facts, the Part 10 header to put
 /// before the data (empty for a whole file) and the data as received.
 fn parse_input(
@@ -231,8 +227,8 @@ impl Ingest {
         // One blocking hop: bounded parse; the index row goes to the writer
         // (which stages it) while the file is written and fsynced; then the
         // same thread waits for the commit.
-        let (info, committed, len, wrote) = tokio::task::spawn_blocking(
-            move || -> Result<(InstanceInfo, Committed, usize, Result<(), StoreError>), IngestError> {
+        let (info, committed, len) = tokio::task::spawn_blocking(
+            move || -> Result<(InstanceInfo, Committed, usize), IngestError> {
                 let parsed = parse_input(input, &limits);
                 // The permit bounds parsing (CPU and memory); waiting on the
                 // disk below does not hold it.
@@ -243,29 +239,14 @@ impl Ingest {
                 }
                 let key = Store::new_key(&info)?;
                 let len = head.len() + body.len();
-                let blobs = store.blobs();
-                if len <= PIPELINE_MAX {
-                    let (pending, fate) =
-                        store.queue_blocking(&site, info.clone(), key.clone(), len as i64)?;
-                    let wrote = blobs.put_durable_blocking(&key, &[&head, &body]);
-                    fate.report(wrote.is_ok());
-                    Ok((info, pending.wait_blocking(), len, wrote))
-                } else {
-                    // A large object is made durable before the writer sees it,
-                    // so the writer never holds its transaction open for long.
-                    blobs.put_durable_blocking(&key, &[&head, &body])?;
-                    let pending =
-                        store.queue_durable_blocking(&site, info.clone(), key, len as i64)?;
-                    Ok((info, pending.wait_blocking(), len, Ok(())))
-                }
+                let committed = store.put_blocking(&site, info.clone(), key, &[&head, &body])?;
+                Ok((info, committed, len))
             },
         )
         .await
         .map_err(|_| IngestError::Busy)??;
         // A failed file leaves no row; the outcome also removes what was written.
-        let outcome = committed.outcome().await;
-        wrote?;
-        let outcome = outcome?;
+        let outcome = committed.outcome().await?;
         BYTES.inc_by(len as u64);
         Ok((info, outcome))
     }

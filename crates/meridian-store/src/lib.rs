@@ -91,6 +91,10 @@ pub enum StoreOutcome {
     Replaced,
 }
 
+/// Objects up to this size have their index row staged while their file is
+/// written; larger ones are written first.
+pub const PIPELINE_MAX: usize = 8 << 20;
+
 /// An index row handed to the writer; [`PendingIndex::outcome`] waits for its commit.
 pub struct PendingIndex {
     store: Store,
@@ -273,22 +277,13 @@ impl Store {
         info: InstanceInfo,
         file: bytes::Bytes,
     ) -> Result<StoreOutcome, StoreError> {
-        let blobs = self.inner.blobs.clone();
         let key = object_key(&info, rand_u64())?;
-        let k2 = key.clone();
-        let size = file.len() as i64;
-        let (fate, durable) = oneshot::channel();
-        let pending = self.queue(site, info, key, size, Some(durable)).await?;
-        let wrote = tokio::task::spawn_blocking(move || {
-            let r = blobs.put_durable_blocking(&k2, &[&file]);
-            let _ = fate.send(r.is_ok());
-            r
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        let outcome = pending.outcome().await;
-        wrote?;
-        outcome
+        let (store, site) = (self.clone(), site.to_owned());
+        tokio::task::spawn_blocking(move || store.put_blocking(&site, info, key, &[&file]))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??
+            .outcome()
+            .await
     }
 
     /// Makes a new object key for an instance (validated UIDs and a random suffix).
@@ -296,63 +291,38 @@ impl Store {
         object_key(info, rand_u64())
     }
 
-    /// Commits the index row of an instance whose file is already durable
-    /// under `key` (see [`Blobs::put_durable_blocking`]).
-    /// Removes the new file when it loses to an existing copy, or the old one
-    /// when it replaces it.
-    pub async fn index(
+    /// From a blocking thread: writes `parts` durably as the file of `key`
+    /// and commits the instance's index row, waiting for the commit (the
+    /// caller then tidies up with [`Committed::outcome`]). The row of an
+    /// object up to [`PIPELINE_MAX`] is handed to the writer before the file
+    /// is written, so its statements overlap the fsync; a larger object is
+    /// made durable first, so the writer never holds a transaction open for
+    /// long. Either way the row is committed only after the file is durable.
+    pub fn put_blocking(
         &self,
         site: &str,
         info: InstanceInfo,
         key: String,
-        size: i64,
-    ) -> Result<StoreOutcome, StoreError> {
-        self.queue(site, info, key, size, None)
-            .await?
-            .outcome()
-            .await
-    }
-
-    async fn queue(
-        &self,
-        site: &str,
-        info: InstanceInfo,
-        key: String,
-        size: i64,
-        durable: Option<writer::Durable>,
-    ) -> Result<PendingIndex, StoreError> {
-        let (job, pending) = self.job(site, info, key, size, durable);
-        self.inner
-            .writer
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        Ok(pending)
-    }
-
-    fn job(
-        &self,
-        site: &str,
-        info: InstanceInfo,
-        key: String,
-        size: i64,
-        durable: Option<writer::Durable>,
-    ) -> (writer::Job, PendingIndex) {
-        let (reply, rx) = oneshot::channel();
-        let job = writer::Job {
-            site: site.to_owned(),
-            info,
-            key: key.clone(),
-            size,
-            durable,
-            reply,
-        };
-        let pending = PendingIndex {
-            store: self.clone(),
-            key,
-            rx,
-        };
-        (job, pending)
+        parts: &[&[u8]],
+    ) -> Result<Committed, StoreError> {
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        let blobs = &self.inner.blobs;
+        if size <= PIPELINE_MAX {
+            let (pending, fate) = self.queue_blocking(site, info, key.clone(), size as i64)?;
+            let wrote = blobs.put_durable_blocking(&key, parts);
+            fate.report(wrote.is_ok());
+            let mut committed = pending.wait_blocking();
+            if let Err(e) = wrote {
+                // No row was committed; report the write's own error.
+                committed.res = Ok(Err(e));
+            }
+            Ok(committed)
+        } else {
+            blobs.put_durable_blocking(&key, parts)?;
+            let (pending, fate) = self.queue_blocking(site, info, key, size as i64)?;
+            fate.report(true);
+            Ok(pending.wait_blocking())
+        }
     }
 
     /// From a blocking thread that is about to write the file of `key`:
@@ -367,28 +337,25 @@ impl Store {
         size: i64,
     ) -> Result<(PendingIndex, FileFate), StoreError> {
         let (fate, durable) = oneshot::channel();
-        let (job, pending) = self.job(site, info, key, size, Some(durable));
+        let (reply, rx) = oneshot::channel();
+        let job = writer::Job {
+            site: site.to_owned(),
+            info,
+            key: key.clone(),
+            size,
+            durable,
+            reply,
+        };
         self.inner
             .writer
             .blocking_send(job)
             .map_err(|_| StoreError::Closed)?;
+        let pending = PendingIndex {
+            store: self.clone(),
+            key,
+            rx,
+        };
         Ok((pending, FileFate(fate)))
-    }
-
-    /// Like [`Store::queue_blocking`] for a file that is already durable.
-    pub fn queue_durable_blocking(
-        &self,
-        site: &str,
-        info: InstanceInfo,
-        key: String,
-        size: i64,
-    ) -> Result<PendingIndex, StoreError> {
-        let (job, pending) = self.job(site, info, key, size, None);
-        self.inner
-            .writer
-            .blocking_send(job)
-            .map_err(|_| StoreError::Closed)?;
-        Ok(pending)
     }
 
     /// Appends an audit record; returns its sequence number once it is durable.

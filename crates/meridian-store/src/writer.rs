@@ -26,9 +26,9 @@ pub(crate) struct Job {
     pub info: InstanceInfo,
     pub key: String,
     pub size: i64,
-    /// `None`: the file is already durable. `Some`: the row may be staged
-    /// now but is committed only after this reports `true`.
-    pub durable: Option<Durable>,
+    /// The row may be staged at once but is committed only after this
+    /// reports `true` (awaited once, through [`Fates`]).
+    pub durable: Durable,
     pub reply: oneshot::Sender<Result<Written, StoreError>>,
 }
 
@@ -86,11 +86,7 @@ impl Fates {
     async fn settle(&mut self, jobs: &mut [Job]) -> &[Option<bool>] {
         for (k, job) in jobs.iter_mut().enumerate() {
             if self.0[k].is_none() {
-                let ok = match job.durable.take() {
-                    None => true,
-                    Some(rx) => rx.await.unwrap_or(false),
-                };
-                self.0[k] = Some(ok);
+                self.0[k] = Some((&mut job.durable).await.unwrap_or(false));
             }
         }
         &self.0
@@ -211,6 +207,64 @@ fn modality_of(info: &InstanceInfo) -> &str {
         .unwrap_or("")
 }
 
+/// The groups one statement each is written for, by job index: series
+/// `(uid, first job, new instances)` and study+modality `(study, modality,
+/// first job, new instances, new series)`.
+struct Groups<'a> {
+    series: Vec<(&'a str, usize, i64)>,
+    studies: Vec<(&'a str, &'a str, usize, i64, i64)>,
+}
+
+impl<'a> Groups<'a> {
+    /// Groups the new rows `jobs[k]` for `k` in `new` (new-series counts 0).
+    fn of(jobs: &'a [Job], new: &[usize]) -> Groups<'a> {
+        let mut g = Groups {
+            series: Vec::new(),
+            studies: Vec::new(),
+        };
+        for &k in new {
+            let i = &jobs[k].info;
+            match g.series.iter_mut().find(|(s, ..)| *s == i.series_uid) {
+                Some(e) => e.2 += 1,
+                None => g.series.push((i.series_uid.as_str(), k, 1)),
+            }
+            let m = modality_of(i);
+            match g
+                .studies
+                .iter_mut()
+                .find(|(s, mm, ..)| *s == i.study_uid && *mm == m)
+            {
+                Some(e) => e.3 += 1,
+                None => g.studies.push((i.study_uid.as_str(), m, k, 1, 0)),
+            }
+        }
+        g
+    }
+
+    /// Counts the series that `is_new` names into their study's group.
+    fn count_new_series(&mut self, jobs: &[Job], is_new: impl Fn(&str) -> bool) {
+        for &(uid, k, _) in &self.series {
+            let i = &jobs[k].info;
+            if is_new(uid)
+                && let Some(e) = self
+                    .studies
+                    .iter_mut()
+                    .find(|(s, m, ..)| *s == i.study_uid && *m == modality_of(i))
+            {
+                e.4 += 1;
+            }
+        }
+    }
+}
+
+/// `INSERT_INSTANCES` for `rows` rows, placeholders from `$from + 1`.
+fn insert_instances(rows: usize, from: usize, returning: &str) -> String {
+    format!(
+        "{INSERT_INSTANCES}{} ON CONFLICT (sop_uid) DO NOTHING RETURNING {returning}",
+        shift_params(&values(rows, 13), from)
+    )
+}
+
 /// How the writer learns which site owns each study of a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owners {
@@ -283,20 +337,34 @@ macro_rules! upsert_series {
 }
 const UPSERT_SERIES: &str = upsert_series!();
 const UPSERT_SERIES_COUNT: &str = concat!(upsert_series!(), " RETURNING num_instances");
-/// Study row, counters ($16 new series, $19 new instances) and modalities;
-/// the `WHERE` refuses a study of another site (no row returned).
-const UPSERT_STUDY: &str = "INSERT INTO studies (study_uid, patient_name, patient_name_fuzzy, patient_id, issuer, birth_date, sex, study_date, study_time, accession, study_description, referring_physician, study_id, modalities, num_series, num_instances, received_at, updated_at, site_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '/' || $15, $16, $19, $14, $14, $18) \
-             ON CONFLICT (study_uid) DO UPDATE SET num_instances = studies.num_instances + $19, num_series = studies.num_series + $16, updated_at = $14, stable_at = NULL, \
+/// Study row, counters ($19 new instances; the series count is the
+/// macro's argument) and modalities; the `WHERE` refuses a study of another
+/// site (no row returned).
+macro_rules! upsert_study {
+    ($new_study_series:literal, $series:literal, $returning:literal) => {
+        concat!(
+            "INSERT INTO studies (study_uid, patient_name, patient_name_fuzzy, patient_id, issuer, birth_date, sex, study_date, study_time, accession, study_description, referring_physician, study_id, modalities, num_series, num_instances, received_at, updated_at, site_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '/' || $15, ",
+            $new_study_series,
+            ", $19, $14, $14, $18) \
+             ON CONFLICT (study_uid) DO UPDATE SET num_instances = studies.num_instances + $19, num_series = ",
+            $series,
+            ", updated_at = $14, stable_at = NULL, \
              modalities = CASE WHEN studies.modalities LIKE $17 THEN studies.modalities ELSE studies.modalities || $15 END \
-             WHERE studies.site_id IS NULL OR studies.site_id = $18 RETURNING study_uid";
-/// The same for SQLite's one-command path: the series count is recounted
-/// from `series` ($16 unused).
-const UPSERT_STUDY_RECOUNT: &str = "INSERT INTO studies (study_uid, patient_name, patient_name_fuzzy, patient_id, issuer, birth_date, sex, study_date, study_time, accession, study_description, referring_physician, study_id, modalities, num_series, num_instances, received_at, updated_at, site_id) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '/' || $15, (SELECT count(*) FROM series WHERE study_uid = $1), $19, $14, $14, $18) \
-     ON CONFLICT (study_uid) DO UPDATE SET num_instances = studies.num_instances + $19, num_series = (SELECT count(*) FROM series WHERE study_uid = $1), updated_at = $14, stable_at = NULL, \
-     modalities = CASE WHEN studies.modalities LIKE $17 THEN studies.modalities ELSE studies.modalities || $15 END \
-     WHERE studies.site_id IS NULL OR studies.site_id = $18 RETURNING 't'";
+             WHERE studies.site_id IS NULL OR studies.site_id = $18 RETURNING ",
+            $returning
+        )
+    };
+}
+/// Series count incremented by $16 (new series in the group).
+const UPSERT_STUDY: &str = upsert_study!("$16", "studies.num_series + $16", "study_uid");
+/// For SQLite's one-command path: the series count is recounted from
+/// `series` (exact under SQLite's single writer; $16 unused).
+const UPSERT_STUDY_RECOUNT: &str = upsert_study!(
+    "(SELECT count(*) FROM series WHERE study_uid = $1)",
+    "(SELECT count(*) FROM series WHERE study_uid = $1)",
+    "'t'"
+);
 
 type Q<'q, O> = sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments>;
 
@@ -403,37 +471,21 @@ async fn stage_sqlite(
             return Ok(None);
         }
     }
-    let mut by_series: Vec<(&str, usize, i64)> = Vec::new();
-    let mut by_study: Vec<(&str, &str, usize, i64)> = Vec::new();
-    for &k in pick {
-        let i = &jobs[k].info;
-        match by_series.iter_mut().find(|(s, ..)| *s == i.series_uid) {
-            Some(e) => e.2 += 1,
-            None => by_series.push((i.series_uid.as_str(), k, 1)),
-        }
-        let m = modality_of(i);
-        match by_study
-            .iter_mut()
-            .find(|(s, mm, ..)| *s == i.study_uid && *mm == m)
-        {
-            Some(e) => e.3 += 1,
-            None => by_study.push((i.study_uid.as_str(), m, k, 1)),
-        }
-    }
+    // Series counts are recounted in SQL on this path: no new-series count.
+    let g = Groups::of(jobs, pick);
     let mut sql = String::new();
     let mut n = 0usize; // parameters so far
     for chunk in pick.chunks(ROWS_PER_STATEMENT) {
-        sql.push_str(INSERT_INSTANCES);
-        sql.push_str(&shift_params(&values(chunk.len(), 13), n));
-        sql.push_str(" ON CONFLICT (sop_uid) DO NOTHING RETURNING 'i';\n");
+        sql.push_str(&insert_instances(chunk.len(), n, "'i'"));
+        sql.push_str(";\n");
         n += chunk.len() * 13;
     }
-    for _ in &by_series {
+    for _ in &g.series {
         sql.push_str(&shift_params(UPSERT_SERIES, n));
         sql.push_str(";\n");
         n += 10;
     }
-    for _ in &by_study {
+    for _ in &g.studies {
         sql.push_str(&shift_params(UPSERT_STUDY_RECOUNT, n));
         sql.push_str(";\n");
         n += 19;
@@ -443,17 +495,17 @@ async fn stage_sqlite(
     for &k in pick {
         q = bind_instance(q, &jobs[k], now);
     }
-    for &(uid, k, count) in &by_series {
+    for &(uid, k, count) in &g.series {
         q = bind_series(q, uid, &jobs[k].info, now, count);
     }
-    for &(_, modality, k, count) in &by_study {
+    for &(_, modality, k, count, _) in &g.studies {
         // The series count is recounted in SQL here: parameter $16 is unused.
         q = bind_study(q, &jobs[k], modality, now, 0, count);
     }
     let rows = q.fetch_all(&mut **tx).await?;
     let inserted = rows.iter().filter(|(t,)| t == "i").count();
     let studies = rows.iter().filter(|(t,)| t == "t").count();
-    if inserted != pick.len() || studies != by_study.len() {
+    if inserted != pick.len() || studies != g.studies.len() {
         return Ok(None);
     }
     Ok(Some(pick.iter().map(|_| Written::Inserted).collect()))
@@ -527,14 +579,10 @@ async fn stage(
             again.push(p);
         }
     }
-    // 3. The instance rows, many per statement; RETURNING names the new ones.
+    // The instance rows, many per statement; RETURNING names the new ones.
     let mut inserted: HashSet<String> = HashSet::new();
     for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class, instance_number, rows_, columns_, frames, bits_allocated, transfer_syntax, object_key, size, received_at) \
-             VALUES {} ON CONFLICT (sop_uid) DO NOTHING RETURNING sop_uid",
-            values(chunk.len(), 13)
-        );
+        let sql = insert_instances(chunk.len(), 0, "sop_uid");
         // Only `$n` placeholders are formatted into the SQL; every value is bound.
         let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql));
         for &p in chunk {
@@ -560,64 +608,32 @@ async fn stage(
         // before answering for it (duplicates are rare).
         return Ok(None);
     }
-    // 4. Instances already known: the duplicate policy, one by one (rare).
+    // Instances already known: the duplicate policy, one by one (rare).
     for p in conflicts {
         out[p] = Some(match policy {
             DuplicatePolicy::KeepFirst => Written::Duplicate,
             DuplicatePolicy::Replace => replace(tx, &jobs[pick[p]], now).await?,
         });
     }
-    // 5. Series rows and counters: one upsert per series; a count equal to
+    // Series rows and counters: one upsert per series; a count equal to
     // the group's own means the series is new.
-    let mut by_series: Vec<(&str, usize, i64)> = Vec::new(); // (series, first position, count)
-    for &p in &new_rows {
-        let uid = jobs[pick[p]].info.series_uid.as_str();
-        match by_series.iter_mut().find(|(s, _, _)| *s == uid) {
-            Some(e) => e.2 += 1,
-            None => by_series.push((uid, p, 1)),
-        }
-    }
+    let new_jobs: Vec<usize> = new_rows.iter().map(|&p| pick[p]).collect();
+    let mut g = Groups::of(jobs, &new_jobs);
     let mut new_series: HashSet<&str> = HashSet::new();
-    for &(uid, p, count) in &by_series {
-        let i = &jobs[pick[p]].info;
+    for &(uid, k, count) in &g.series {
         let q = sqlx::query_as(UPSERT_SERIES_COUNT);
-        let (total,): (i64,) = bind_series(q, uid, i, now, count)
+        let (total,): (i64,) = bind_series(q, uid, &jobs[k].info, now, count)
             .fetch_one(&mut **tx)
             .await?;
         if total == count {
             new_series.insert(uid);
         }
     }
-    // 6. Study rows, counters and modalities: one upsert per study and modality.
-    let mut by_study: Vec<(&str, &str, usize, i64, i64)> = Vec::new(); // (study, modality, first, instances, new series)
-    for &p in &new_rows {
-        let i = &jobs[pick[p]].info;
-        let (study, modality) = (i.study_uid.as_str(), modality_of(i));
-        let idx = match by_study
-            .iter()
-            .position(|(s, m, ..)| *s == study && *m == modality)
-        {
-            Some(idx) => idx,
-            None => {
-                by_study.push((study, modality, p, 0, 0));
-                by_study.len() - 1
-            }
-        };
-        by_study[idx].3 += 1;
-    }
-    for &(uid, p, _) in &by_series {
-        let i = &jobs[pick[p]].info;
-        if new_series.contains(uid)
-            && let Some(e) = by_study
-                .iter_mut()
-                .find(|(s, m, ..)| *s == i.study_uid && *m == modality_of(i))
-        {
-            e.4 += 1;
-        }
-    }
-    for &(_, modality, p, count, series) in &by_study {
+    // Study rows, counters and modalities: one upsert per study and modality.
+    g.count_new_series(jobs, |uid| new_series.contains(uid));
+    for &(_, modality, k, count, series) in &g.studies {
         let q = sqlx::query_as(UPSERT_STUDY);
-        let row: Option<(String,)> = bind_study(q, &jobs[pick[p]], modality, now, series, count)
+        let row: Option<(String,)> = bind_study(q, &jobs[k], modality, now, series, count)
             .fetch_optional(&mut **tx)
             .await?;
         if row.is_none() {
@@ -665,6 +681,8 @@ mod tests {
 
     fn job(site: &str, study: &str, series: &str, sop: &str, modality: &str) -> Job {
         let (reply, _) = oneshot::channel();
+        let (fate, durable) = oneshot::channel();
+        let _ = fate.send(true);
         Job {
             site: site.into(),
             info: InstanceInfo {
@@ -677,7 +695,7 @@ mod tests {
             },
             key: format!("{study}/{series}/{sop}.0.dcm"),
             size: 10,
-            durable: None,
+            durable,
             reply,
         }
     }
