@@ -1,5 +1,6 @@
 //! DIMSE messages (PS3.7): command sets and the P-DATA exchange.
 
+use bytes::{Buf, BufMut, BytesMut};
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
@@ -8,8 +9,9 @@ use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::{Association, AsyncAssociation};
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 pub const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 
@@ -35,6 +37,8 @@ pub const NO_DATASET: u16 = 0x0101;
 pub enum DimseError {
     #[error("upper layer: {0}")]
     Ul(#[from] dicom_ul::association::Error),
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
     #[error("malformed command set: {0}")]
     BadCommand(String),
     #[error("unexpected PDU: {0}")]
@@ -142,118 +146,299 @@ pub fn el_error_comment(msg: &str) -> DataElement<InMemDicomObject> {
     DataElement::new(tags::ERROR_COMMENT, VR::LO, PrimitiveValue::from(s))
 }
 
-/// Receives the next DIMSE message, reassembling command and data fragments.
-/// Data beyond `max_data` bytes is read and discarded (`overflow`).
-/// `size_hint` is the expected data set size (e.g. the previous one on this
-/// association: a series' images are alike), so the buffer is sized once
-/// instead of grown and copied.
-pub async fn receive<A, S>(
-    assoc: &mut A,
-    max_data: usize,
+/// The largest command set accepted (a C-FIND identifier travels as data).
+const MAX_COMMAND: usize = 64 * 1024;
+/// The largest PDU other than P-DATA-TF read after association (A-RELEASE
+/// and A-ABORT carry 4 bytes).
+const MAX_CONTROL_PDU: usize = 64 * 1024;
+/// Payload left in a PDV at or above which the rest is read from the socket
+/// straight into the message buffer instead of through the read buffer.
+const DIRECT_READ: usize = 16 * 1024;
+/// Read-buffer capacity kept between reads.
+const READ_CHUNK: usize = 64 * 1024;
+/// Data buffers up to this size are kept for the association's next message.
+const KEEP_BUFFER: usize = 16 << 20;
+
+/// The receiving side of an association: reads PDUs from the association's
+/// socket and read buffer (the same state dicom-ul's own `receive` uses, so
+/// the two can alternate at PDU boundaries) and reassembles DIMSE messages.
+///
+/// P-DATA payloads are copied once, from the socket (or the read buffer)
+/// into the message buffer; no PDU is ever held whole, so memory is bounded
+/// by the data limit whatever PDU lengths a peer announces.
+pub struct Receiver {
+    /// A read that waits longer than this for bytes ends the association.
+    pub idle: Duration,
+    /// The last data set's size: a series' images are alike, so the next
+    /// buffer is sized once instead of grown and copied.
     size_hint: usize,
-) -> Result<Incoming, DimseError>
-where
-    A: AsyncAssociation<S> + Association + Send,
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut cmd: Vec<u8> = Vec::new();
-    let mut command: Option<InMemDicomObject> = None;
-    let mut data: Vec<u8> = Vec::new();
-    let mut overflow = false;
-    #[allow(unused_assignments)]
-    let mut pc_id = 0u8;
-    loop {
-        let pdu = AsyncAssociation::receive(assoc).await?;
-        match pdu {
-            Pdu::PData { data: pdvs } => {
-                for pdv in pdvs {
-                    pc_id = pdv.presentation_context_id;
-                    match pdv.value_type {
-                        PDataValueType::Command => {
-                            if cmd.len() + pdv.data.len() > 64 * 1024 {
-                                return Err(DimseError::BadCommand(
-                                    "command set larger than 64 KiB".into(),
-                                ));
-                            }
-                            cmd.extend_from_slice(&pdv.data);
-                            if pdv.is_last {
-                                let ts =
-                                    TransferSyntaxRegistry.get(IMPLICIT_LE).ok_or_else(|| {
-                                        DimseError::BadCommand("no implicit VR LE".into())
-                                    })?;
-                                let obj =
-                                    InMemDicomObject::read_dataset_with_ts(cmd.as_slice(), ts)
-                                        .map_err(|e| DimseError::BadCommand(e.to_string()))?;
-                                let has_data = get_u16(&obj, tags::COMMAND_DATA_SET_TYPE)
-                                    .unwrap_or(NO_DATASET)
-                                    != NO_DATASET;
-                                if !has_data {
-                                    return Ok(Incoming::Message(Message {
-                                        pc_id,
-                                        command: obj,
-                                        data: None,
-                                        overflow: false,
-                                    }));
-                                }
-                                command = Some(obj);
-                            }
-                        }
-                        PDataValueType::Data => {
-                            if command.is_none() {
-                                return Err(DimseError::Unexpected("data before command".into()));
-                            }
-                            if !overflow && data.len() + pdv.data.len() > max_data {
-                                overflow = true;
-                                data = Vec::new();
-                            }
-                            let is_last = pdv.is_last;
-                            if !overflow {
-                                if data.is_empty() {
-                                    // The first fragment: take it, and leave room for a few more.
-                                    data = pdv.data;
-                                    if !is_last {
-                                        let want = if size_hint > data.len() {
-                                            size_hint + size_hint / 64
-                                        } else {
-                                            data.len() * 8
-                                        };
-                                        data.reserve(want.min(max_data).saturating_sub(data.len()));
-                                    }
-                                } else {
-                                    data.extend_from_slice(&pdv.data);
-                                }
-                            }
-                            if is_last {
-                                let command = command
-                                    .take()
-                                    .ok_or_else(|| DimseError::Unexpected("no command".into()))?;
-                                let data = if overflow {
-                                    None
-                                } else {
-                                    Some(std::mem::take(&mut data))
-                                };
-                                return Ok(Incoming::Message(Message {
-                                    pc_id,
-                                    command,
-                                    data,
-                                    overflow,
-                                }));
-                            }
-                        }
+    /// A data buffer given back by [`Receiver::recycle`] (its pages are
+    /// already mapped: no page faults to fill it again).
+    spare: Vec<u8>,
+}
+
+impl Receiver {
+    pub fn new(idle: Duration) -> Receiver {
+        Receiver {
+            idle,
+            size_hint: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Gives a message's data buffer back for the next message.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() <= KEEP_BUFFER && buf.capacity() > self.spare.capacity() {
+            buf.clear();
+            self.spare = buf;
+        }
+    }
+
+    /// Receives the next DIMSE message, reassembling command and data
+    /// fragments. Data beyond `max_data` bytes is read and discarded
+    /// (`overflow`).
+    pub async fn receive<A, S>(
+        &mut self,
+        assoc: &mut A,
+        max_data: usize,
+    ) -> Result<Incoming, DimseError>
+    where
+        A: AsyncAssociation<S> + Association + Send,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (stream, buf) = assoc.get_mut();
+        let mut wire = Wire {
+            stream,
+            buf,
+            idle: self.idle,
+        };
+        let mut msg = Reassembly {
+            cmd: Vec::new(),
+            command: None,
+            data: Vec::new(),
+            overflow: false,
+            pc_id: 0,
+        };
+        let control = loop {
+            wire.fill(6).await?;
+            let pdu_type = wire.buf[0];
+            let len = be_u32(&wire.buf[2..6]) as usize;
+            if pdu_type != 0x04 {
+                if len > MAX_CONTROL_PDU {
+                    return Err(DimseError::Unexpected(format!(
+                        "PDU type 0x{pdu_type:02X} of {len} bytes"
+                    )));
+                }
+                wire.fill(6 + len).await?;
+                let raw = wire.buf.split_to(6 + len);
+                break raw;
+            }
+            wire.buf.advance(6);
+            let mut left = len;
+            while left > 0 {
+                if left < 6 {
+                    return Err(DimseError::Unexpected(
+                        "P-DATA-TF with a truncated PDV item".into(),
+                    ));
+                }
+                wire.fill(6).await?;
+                let item = be_u32(&wire.buf[0..4]) as usize;
+                let pc_id = wire.buf[4];
+                let header = wire.buf[5];
+                if item < 2 || item > left - 4 {
+                    return Err(DimseError::Unexpected(format!(
+                        "PDV item of {item} bytes in a P-DATA-TF of {left} bytes left"
+                    )));
+                }
+                wire.buf.advance(6);
+                left -= 4 + item;
+                let n = item - 2;
+                msg.pc_id = pc_id;
+                let is_last = header & 0x02 != 0;
+                let done = if header & 0x01 != 0 {
+                    if msg.cmd.len() + n > MAX_COMMAND {
+                        return Err(DimseError::BadCommand(
+                            "command set larger than 64 KiB".into(),
+                        ));
                     }
+                    wire.read_into(&mut msg.cmd, n).await?;
+                    is_last && msg.command_complete()?
+                } else {
+                    if msg.command.is_none() {
+                        return Err(DimseError::Unexpected("data before command".into()));
+                    }
+                    if !msg.overflow && msg.data.len() + n > max_data {
+                        msg.overflow = true;
+                        msg.data = Vec::new();
+                    }
+                    if msg.overflow {
+                        wire.skip(n).await?;
+                    } else {
+                        if msg.data.capacity() == 0 {
+                            msg.data = std::mem::take(&mut self.spare);
+                            // Room for the whole data set when its size is
+                            // known from the last one, else a few fragments.
+                            let want = if is_last {
+                                n
+                            } else if self.size_hint > n {
+                                self.size_hint + self.size_hint / 64
+                            } else {
+                                n * 8
+                            };
+                            msg.data.reserve(want.min(max_data));
+                        }
+                        wire.read_into(&mut msg.data, n).await?;
+                    }
+                    is_last
+                };
+                if done {
+                    if left > 0 {
+                        // More PDVs in this PDU belong to the next message:
+                        // leave them in the read buffer as a P-DATA-TF of their own.
+                        wire.fill(left).await?;
+                        wire.unread_pdata_header(left);
+                    }
+                    if !msg.overflow && msg.command.is_some() && !msg.data.is_empty() {
+                        self.size_hint = msg.data.len();
+                    }
+                    return msg.finish();
                 }
             }
-            Pdu::ReleaseRQ => {
+        };
+        match control[0] {
+            0x05 => {
                 AsyncAssociation::send(assoc, &Pdu::ReleaseRP).await?;
-                return Ok(Incoming::Released);
+                Ok(Incoming::Released)
             }
-            Pdu::AbortRQ { .. } => return Ok(Incoming::Aborted),
-            other => {
-                return Err(DimseError::Unexpected(
-                    other.short_description().to_string(),
-                ));
-            }
+            0x07 => Ok(Incoming::Aborted),
+            t => Err(DimseError::Unexpected(format!(
+                "unexpected PDU type 0x{t:02X}"
+            ))),
         }
+    }
+}
+
+/// A message being reassembled.
+struct Reassembly {
+    cmd: Vec<u8>,
+    command: Option<InMemDicomObject>,
+    data: Vec<u8>,
+    overflow: bool,
+    pc_id: u8,
+}
+
+impl Reassembly {
+    /// Parses the complete command set; true when no data set follows.
+    fn command_complete(&mut self) -> Result<bool, DimseError> {
+        let ts = TransferSyntaxRegistry
+            .get(IMPLICIT_LE)
+            .ok_or_else(|| DimseError::BadCommand("no implicit VR LE".into()))?;
+        let obj = InMemDicomObject::read_dataset_with_ts(self.cmd.as_slice(), ts)
+            .map_err(|e| DimseError::BadCommand(e.to_string()))?;
+        let has_data =
+            get_u16(&obj, tags::COMMAND_DATA_SET_TYPE).unwrap_or(NO_DATASET) != NO_DATASET;
+        self.command = Some(obj);
+        Ok(!has_data)
+    }
+
+    fn finish(self) -> Result<Incoming, DimseError> {
+        let command = self
+            .command
+            .ok_or_else(|| DimseError::Unexpected("no command".into()))?;
+        let has_data =
+            get_u16(&command, tags::COMMAND_DATA_SET_TYPE).unwrap_or(NO_DATASET) != NO_DATASET;
+        let data = (has_data && !self.overflow).then_some(self.data);
+        Ok(Incoming::Message(Message {
+            pc_id: self.pc_id,
+            command,
+            data,
+            overflow: self.overflow,
+        }))
+    }
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// The association's socket and read buffer.
+struct Wire<'a, S> {
+    stream: &'a mut S,
+    buf: &'a mut BytesMut,
+    idle: Duration,
+}
+
+/// One read from the socket into `into`, bounded by the idle timeout.
+async fn read_some<S: AsyncRead + Unpin, B: BufMut>(
+    stream: &mut S,
+    into: &mut B,
+    idle: Duration,
+) -> Result<usize, DimseError> {
+    match tokio::time::timeout(idle, stream.read_buf(into)).await {
+        Err(_) => Err(DimseError::Unexpected(format!(
+            "no data from the peer for {} s",
+            idle.as_secs()
+        ))),
+        Ok(Err(e)) => Err(DimseError::Io(e)),
+        Ok(Ok(0)) => Err(DimseError::Unexpected(
+            "connection closed by the peer".into(),
+        )),
+        Ok(Ok(n)) => Ok(n),
+    }
+}
+
+impl<S: AsyncRead + Unpin> Wire<'_, S> {
+    /// Until the read buffer holds at least `n` bytes.
+    async fn fill(&mut self, n: usize) -> Result<(), DimseError> {
+        while self.buf.len() < n {
+            self.buf.reserve(READ_CHUNK.max(n - self.buf.len()));
+            read_some(self.stream, self.buf, self.idle).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends the next `n` payload bytes to `dst`.
+    async fn read_into(&mut self, dst: &mut Vec<u8>, mut n: usize) -> Result<(), DimseError> {
+        dst.reserve(n);
+        while n > 0 {
+            if self.buf.is_empty() && n >= DIRECT_READ {
+                let mut limited = BufMut::limit(&mut *dst, n);
+                n -= read_some(self.stream, &mut limited, self.idle).await?;
+                continue;
+            }
+            if self.buf.is_empty() {
+                self.fill(1).await?;
+            }
+            let take = n.min(self.buf.len());
+            dst.extend_from_slice(&self.buf[..take]);
+            self.buf.advance(take);
+            n -= take;
+        }
+        Ok(())
+    }
+
+    /// Discards the next `n` payload bytes.
+    async fn skip(&mut self, mut n: usize) -> Result<(), DimseError> {
+        while n > 0 {
+            if self.buf.is_empty() {
+                self.fill(1).await?;
+            }
+            let take = n.min(self.buf.len());
+            self.buf.advance(take);
+            n -= take;
+        }
+        Ok(())
+    }
+
+    /// Puts a P-DATA-TF header before the `len` bytes at the front of the
+    /// read buffer.
+    fn unread_pdata_header(&mut self, len: usize) {
+        let mut b = BytesMut::with_capacity(6 + self.buf.len());
+        b.put_u8(0x04);
+        b.put_u8(0);
+        b.put_u32(len as u32);
+        b.extend_from_slice(self.buf);
+        *self.buf = b;
     }
 }
 

@@ -28,7 +28,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::msg::{self, DimseError, Incoming, Message, cmd, el_error_comment, el_u16, el_ui};
+use crate::msg::{
+    self, DimseError, Incoming, Message, Receiver, cmd, el_error_comment, el_u16, el_ui,
+};
 use crate::scu::StoreScu;
 
 static OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
@@ -522,20 +524,16 @@ impl Scp {
         peer: SocketAddr,
     ) -> Result<(), DimseError> {
         let max_data = self.ingest.limits.max_object;
-        // The size of the last data set: the next one is likely alike.
-        let mut size_hint = 0;
+        let mut rx = Receiver::new(self.cfg.idle_timeout);
         loop {
-            let m = match msg::receive(assoc, max_data, size_hint).await? {
+            let m = match rx.receive(assoc, max_data).await? {
                 Incoming::Message(m) => m,
                 Incoming::Released | Incoming::Aborted => return Ok(()),
             };
-            if let Some(d) = &m.data {
-                size_hint = d.len();
-            }
             let field = m.field();
             match field {
                 cmd::C_ECHO_RQ => self.echo(assoc, &m).await?,
-                cmd::C_STORE_RQ => self.c_store(assoc, m, calling).await?,
+                cmd::C_STORE_RQ => self.c_store(assoc, &mut rx, m, calling).await?,
                 cmd::C_FIND_RQ | cmd::C_MOVE_RQ | cmd::C_GET_RQ => {
                     let (study, detail) = self.describe(assoc, &m);
                     set_status(0xFFFF);
@@ -549,7 +547,7 @@ impl Scp {
                             format!("C-MOVE to {}", m.str(tags::MOVE_DESTINATION).trim())
                         }
                         _ => {
-                            self.c_get(assoc, &m).await?;
+                            self.c_get(assoc, &mut rx, &m).await?;
                             "C-GET".to_owned()
                         }
                     };
@@ -593,6 +591,7 @@ impl Scp {
     async fn c_store<S: Stream>(
         &self,
         assoc: &mut AsyncServerAssociation<S>,
+        rx: &mut Receiver,
         m: Message,
         calling: &str,
     ) -> Result<(), DimseError> {
@@ -610,8 +609,12 @@ impl Scp {
             ),
             (None, _) => (0xA900, "no data set".to_owned()),
             (Some(data), false) => {
+                let data = bytes::Bytes::from(data);
+                // Ingest drops its reference before it returns: the buffer
+                // then comes back for the next message.
+                let buffer = data.clone();
                 let input = Input::Dataset {
-                    data: data.into(),
+                    data,
                     transfer_syntax: ts,
                     sop_class: sop_class.clone(),
                     sop_instance: sop_uid.clone(),
@@ -622,7 +625,11 @@ impl Scp {
                         "no site for this association".into(),
                     ));
                 };
-                match self.ingest.ingest(&site, input).await {
+                let result = self.ingest.ingest(&site, input).await;
+                if let Ok(b) = buffer.try_into_mut() {
+                    rx.recycle(b.into());
+                }
+                match result {
                     Ok((info, _)) => {
                         let _ = STORED
                             .try_with(|s| *s.borrow_mut().entry(info.study_uid).or_insert(0) += 1);
@@ -903,6 +910,7 @@ impl Scp {
     async fn c_get<S: Stream>(
         &self,
         assoc: &mut AsyncServerAssociation<S>,
+        rx: &mut Receiver,
         m: &Message,
     ) -> Result<(), DimseError> {
         let ts = pc_ts(assoc, m.pc_id);
@@ -946,7 +954,7 @@ impl Scp {
                                     el_ui(tags::AFFECTED_SOP_INSTANCE_UID, &inst.sop_uid),
                                 ])?;
                                 msg::send(assoc, pc, command, Some(&bytes)).await?;
-                                match msg::receive(assoc, 1 << 20, 0).await? {
+                                match rx.receive(assoc, 1 << 20).await? {
                                     Incoming::Message(r) if r.field() == cmd::C_STORE_RSP => {
                                         let st = msg::get_u16(&r.command, tags::STATUS)
                                             .unwrap_or(0xFFFF);

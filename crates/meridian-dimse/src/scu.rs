@@ -7,11 +7,15 @@ use dicom_ul::association::client::{AsyncClientAssociation, ClientAssociationOpt
 use dicom_ul::pdu::PresentationContextResultReason;
 use tokio::net::TcpStream;
 
-use crate::msg::{self, DimseError, Incoming, cmd, el_ae, el_u16, el_ui};
+use crate::msg::{self, DimseError, Incoming, Receiver, cmd, el_ae, el_u16, el_ui};
+
+/// Read and write timeout of an outgoing association.
+const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An association to a storage SCP.
 pub struct StoreScu {
     assoc: AsyncClientAssociation<TcpStream>,
+    rx: Receiver,
     next_id: u16,
 }
 
@@ -44,8 +48,8 @@ impl StoreScu {
             .calling_ae_title(calling_ae.to_owned())
             .called_ae_title(called_ae.to_owned())
             .max_pdu_length(max_pdu)
-            .read_timeout(Duration::from_secs(60))
-            .write_timeout(Duration::from_secs(60))
+            .read_timeout(TIMEOUT)
+            .write_timeout(TIMEOUT)
             .connection_timeout(Duration::from_secs(10));
         for (sop, ts) in contexts {
             opts = opts.with_presentation_context(sop.clone(), ts.clone());
@@ -53,7 +57,11 @@ impl StoreScu {
         let mut assoc = opts.establish_with_async(addr).await?;
         // Loopback and LAN peers: never wait on Nagle for the small command PDUs.
         assoc.inner_stream().set_nodelay(true).ok();
-        Ok(StoreScu { assoc, next_id: 1 })
+        Ok(StoreScu {
+            assoc,
+            rx: Receiver::new(TIMEOUT),
+            next_id: 1,
+        })
     }
 
     /// The accepted context for a SOP class and transfer syntax, if any.
@@ -107,7 +115,7 @@ impl StoreScu {
         }
         let command = msg::encode_command(els)?;
         msg::send(&mut self.assoc, pc_id, command, Some(dataset)).await?;
-        match msg::receive(&mut self.assoc, 1 << 20, 0).await? {
+        match self.rx.receive(&mut self.assoc, 1 << 20).await? {
             Incoming::Message(m) if m.field() == cmd::C_STORE_RSP => Ok(StoreStatus {
                 status: msg::get_u16(&m.command, tags::STATUS).unwrap_or(0xFFFF),
                 comment: m.str(tags::ERROR_COMMENT),
