@@ -8,7 +8,7 @@ use dicom_encoding::text::SpecificCharacterSet;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::{Association, AsyncAssociation};
-use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+use dicom_ul::pdu::Pdu;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -443,64 +443,75 @@ impl<S: AsyncRead + Unpin> Wire<'_, S> {
 }
 
 /// Sends a command (and optional data set) on a presentation context,
-/// splitting data into PDUs no larger than the peer accepts.
+/// splitting data into PDUs no larger than the peer accepts. Each PDU is
+/// assembled once in a reused buffer and written to the association's
+/// socket; a write that stalls longer than `timeout` ends the association.
 pub async fn send<A, S>(
     assoc: &mut A,
     pc_id: u8,
     command: Vec<u8>,
     data: Option<&[u8]>,
+    timeout: Duration,
 ) -> Result<(), DimseError>
 where
     A: AsyncAssociation<S> + Association + Send,
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    use tokio::io::AsyncWriteExt;
     let peer_max = assoc.peer_max_pdu_length();
+    // PDV payload per PDU: the peer's maximum less the PDV item header.
     let chunk = if peer_max == 0 {
         1 << 20
     } else {
         (peer_max as usize).saturating_sub(6).max(1024)
     };
-    let mut pos = 0;
-    while pos < command.len() || pos == 0 {
-        let end = (pos + chunk).min(command.len());
-        AsyncAssociation::send(
-            assoc,
-            &Pdu::PData {
-                data: vec![PDataValue {
-                    presentation_context_id: pc_id,
-                    value_type: PDataValueType::Command,
-                    is_last: end == command.len(),
-                    data: command[pos..end].to_vec(),
-                }],
-            },
-        )
-        .await?;
-        pos = end;
-        if pos >= command.len() {
+    let (stream, _) = assoc.get_mut();
+    let total = command.len() + data.map_or(0, <[u8]>::len);
+    let mut pdu = Vec::with_capacity(12 + chunk.min(total));
+    let parts = [
+        (true, command.as_slice()),
+        (false, data.unwrap_or_default()),
+    ];
+    for (is_command, bytes) in parts {
+        if !is_command && data.is_none() {
             break;
         }
-    }
-    if let Some(d) = data {
         let mut pos = 0;
         loop {
-            let end = (pos + chunk).min(d.len());
-            AsyncAssociation::send(
-                assoc,
-                &Pdu::PData {
-                    data: vec![PDataValue {
-                        presentation_context_id: pc_id,
-                        value_type: PDataValueType::Data,
-                        is_last: end == d.len(),
-                        data: d[pos..end].to_vec(),
-                    }],
-                },
-            )
-            .await?;
+            let end = (pos + chunk).min(bytes.len());
+            let n = end - pos;
+            pdu.clear();
+            pdu.extend_from_slice(&[0x04, 0]);
+            pdu.extend_from_slice(&((n + 6) as u32).to_be_bytes());
+            pdu.extend_from_slice(&((n + 2) as u32).to_be_bytes());
+            pdu.push(pc_id);
+            pdu.push(u8::from(is_command) | (u8::from(end == bytes.len()) << 1));
+            pdu.extend_from_slice(&bytes[pos..end]);
+            write_timed(stream, &pdu, timeout).await?;
             pos = end;
-            if pos >= d.len() {
+            if pos >= bytes.len() {
                 break;
             }
         }
     }
-    Ok(())
+    match tokio::time::timeout(timeout, stream.flush()).await {
+        Ok(r) => r.map_err(DimseError::Io),
+        Err(_) => Err(stall(timeout)),
+    }
+}
+
+async fn write_timed<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), DimseError> {
+    use tokio::io::AsyncWriteExt;
+    match tokio::time::timeout(timeout, stream.write_all(bytes)).await {
+        Ok(r) => r.map_err(DimseError::Io),
+        Err(_) => Err(stall(timeout)),
+    }
+}
+
+fn stall(timeout: Duration) -> DimseError {
+    DimseError::Unexpected(format!("the peer read nothing for {} s", timeout.as_secs()))
 }

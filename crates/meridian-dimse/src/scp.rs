@@ -1,5 +1,6 @@
 //! The DIMSE SCP: C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
@@ -585,7 +586,7 @@ impl Scp {
             el_u16(tags::COMMAND_DATA_SET_TYPE, msg::NO_DATASET),
             el_u16(tags::STATUS, 0),
         ])?;
-        msg::send(assoc, m.pc_id, rsp, None).await
+        msg::send(assoc, m.pc_id, rsp, None, self.cfg.idle_timeout).await
     }
 
     async fn c_store<S: Stream>(
@@ -653,7 +654,14 @@ impl Scp {
         if status != 0 {
             els.push(el_error_comment(&comment));
         }
-        msg::send(assoc, m.pc_id, msg::encode_command(els)?, None).await
+        msg::send(
+            assoc,
+            m.pc_id,
+            msg::encode_command(els)?,
+            None,
+            self.cfg.idle_timeout,
+        )
+        .await
     }
 
     /// Parses a query identifier into a query and the list of requested return keys.
@@ -727,7 +735,14 @@ impl Scp {
         let (q, ident) = match self.parse_identifier(&ts, m.data.as_deref()) {
             Ok(x) => x,
             Err((status, comment)) => {
-                return msg::send(assoc, m.pc_id, rsp(status, false, Some(&comment))?, None).await;
+                return msg::send(
+                    assoc,
+                    m.pc_id,
+                    rsp(status, false, Some(&comment))?,
+                    None,
+                    self.cfg.idle_timeout,
+                )
+                .await;
             }
         };
         let rows = match self.store().find(&q, &scope()).await {
@@ -738,6 +753,7 @@ impl Scp {
                     m.pc_id,
                     rsp(0xA700, false, Some(&e.to_string()))?,
                     None,
+                    self.cfg.idle_timeout,
                 )
                 .await;
             }
@@ -795,9 +811,23 @@ impl Scp {
                 ));
             }
             let data = msg::encode_dataset(&out, &ts, utf8)?;
-            msg::send(assoc, m.pc_id, rsp(0xFF00, true, None)?, Some(&data)).await?;
+            msg::send(
+                assoc,
+                m.pc_id,
+                rsp(0xFF00, true, None)?,
+                Some(&data),
+                self.cfg.idle_timeout,
+            )
+            .await?;
         }
-        msg::send(assoc, m.pc_id, rsp(0x0000, false, None)?, None).await
+        msg::send(
+            assoc,
+            m.pc_id,
+            rsp(0x0000, false, None)?,
+            None,
+            self.cfg.idle_timeout,
+        )
+        .await
     }
 
     async fn c_move<S: Stream>(
@@ -808,7 +838,7 @@ impl Scp {
     ) -> Result<(), DimseError> {
         let ts = pc_ts(assoc, m.pc_id);
         let dest = m.str(tags::MOVE_DESTINATION);
-        let mut rsp = RetrieveResponder::new(cmd::C_MOVE_RSP, m);
+        let mut rsp = RetrieveResponder::new(cmd::C_MOVE_RSP, m, self.cfg.idle_timeout);
         let Some(peer) = self.cfg.peers.iter().find(|p| p.ae_title == dest.trim()) else {
             return rsp
                 .finish(
@@ -914,7 +944,7 @@ impl Scp {
         m: &Message,
     ) -> Result<(), DimseError> {
         let ts = pc_ts(assoc, m.pc_id);
-        let mut rsp = RetrieveResponder::new(cmd::C_GET_RSP, m);
+        let mut rsp = RetrieveResponder::new(cmd::C_GET_RSP, m, self.cfg.idle_timeout);
         let instances = match self.resolve(&ts, m.data.as_deref()).await {
             Ok(i) => i,
             Err((status, c)) => return rsp.finish(assoc, status, Some(&c)).await,
@@ -953,7 +983,8 @@ impl Scp {
                                     el_u16(tags::COMMAND_DATA_SET_TYPE, 0x0000),
                                     el_ui(tags::AFFECTED_SOP_INSTANCE_UID, &inst.sop_uid),
                                 ])?;
-                                msg::send(assoc, pc, command, Some(&bytes)).await?;
+                                msg::send(assoc, pc, command, Some(&bytes), self.cfg.idle_timeout)
+                                    .await?;
                                 match rx.receive(assoc, 1 << 20).await? {
                                     Incoming::Message(r) if r.field() == cmd::C_STORE_RSP => {
                                         let st = msg::get_u16(&r.command, tags::STATUS)
@@ -1007,14 +1038,15 @@ impl Scp {
     }
 
     /// Reads a stored file and returns its data set bytes and transfer syntax.
-    async fn prepare(&self, inst: &InstanceRef) -> Result<(Vec<u8>, String), String> {
+    /// The stored data set (without its meta group) and its transfer syntax.
+    async fn prepare(&self, inst: &InstanceRef) -> Result<(bytes::Bytes, String), String> {
         let bytes = self
             .store()
             .read(&inst.key)
             .await
             .map_err(|e| e.to_string())?;
         let p10 = parse::split_part10(&bytes).map_err(|e| e.to_string())?;
-        Ok((bytes[p10.dataset_offset..].to_vec(), p10.transfer_syntax))
+        Ok((bytes.slice(p10.dataset_offset..), p10.transfer_syntax))
     }
 }
 
@@ -1036,11 +1068,14 @@ struct RetrieveResponder {
     failed: u16,
     warning: u16,
     failed_uids: Vec<String>,
+    /// Write timeout of the association.
+    idle: Duration,
 }
 
 impl RetrieveResponder {
-    fn new(field: u16, m: &Message) -> Self {
+    fn new(field: u16, m: &Message, idle: Duration) -> Self {
         RetrieveResponder {
+            idle,
             field,
             pc_id: m.pc_id,
             message_id: m.message_id(),
@@ -1111,7 +1146,7 @@ impl RetrieveResponder {
             return Ok(());
         }
         let c = self.command(0xFF00, true, false, None)?;
-        msg::send(assoc, self.pc_id, c, None).await
+        msg::send(assoc, self.pc_id, c, None, self.idle).await
     }
 
     async fn finish<S: Stream>(
@@ -1121,7 +1156,7 @@ impl RetrieveResponder {
         comment: Option<&str>,
     ) -> Result<(), DimseError> {
         let c = self.command(status, status == 0 || status == 0xFE00, false, comment)?;
-        msg::send(assoc, self.pc_id, c, None).await
+        msg::send(assoc, self.pc_id, c, None, self.idle).await
     }
 
     async fn finish_counts<S: Stream>(
@@ -1145,7 +1180,14 @@ impl RetrieveResponder {
         let data = msg::encode_dataset(&ds, msg::IMPLICIT_LE, false)?;
         let has_data = !self.failed_uids.is_empty();
         let c = self.command(status, true, has_data, Some("some sub-operations failed"))?;
-        msg::send(assoc, self.pc_id, c, has_data.then_some(data.as_slice())).await
+        msg::send(
+            assoc,
+            self.pc_id,
+            c,
+            has_data.then_some(data.as_slice()),
+            self.idle,
+        )
+        .await
     }
 }
 
@@ -1182,14 +1224,16 @@ fn msg_uncompressed(ts: &str) -> bool {
 }
 
 /// Re-encodes an uncompressed data set into another uncompressed transfer syntax.
-pub fn transcode(ds: &[u8], from: &str, to: &str) -> Result<Vec<u8>, String> {
+pub fn transcode<'a>(ds: &'a [u8], from: &str, to: &str) -> Result<Cow<'a, [u8]>, String> {
     if from == to {
-        return Ok(ds.to_vec());
+        return Ok(Cow::Borrowed(ds));
     }
     let obj = parse::parse_dataset(ds, from, &Limits::default()).map_err(|e| e.to_string())?;
     let utf8 =
         parse::get_str(&obj, tags::SPECIFIC_CHARACTER_SET).is_some_and(|c| c.contains("192"));
-    msg::encode_dataset(&obj, to, utf8).map_err(|e| e.to_string())
+    msg::encode_dataset(&obj, to, utf8)
+        .map(Cow::Owned)
+        .map_err(|e| e.to_string())
 }
 
 #[allow(dead_code)]

@@ -114,7 +114,7 @@ impl StoreScu {
             els.push(el_u16(tags::MOVE_ORIGINATOR_MESSAGE_ID, mid));
         }
         let command = msg::encode_command(els)?;
-        msg::send(&mut self.assoc, pc_id, command, Some(dataset)).await?;
+        msg::send(&mut self.assoc, pc_id, command, Some(dataset), TIMEOUT).await?;
         match self.rx.receive(&mut self.assoc, 1 << 20).await? {
             Incoming::Message(m) if m.field() == cmd::C_STORE_RSP => Ok(StoreStatus {
                 status: msg::get_u16(&m.command, tags::STATUS).unwrap_or(0xFFFF),
