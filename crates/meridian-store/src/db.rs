@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_workflow.sql")),
     (5, include_str!("../migrations/0005_attachments.sql")),
     (6, include_str!("../migrations/0006_explain_key.sql")),
+    (7, include_str!("../migrations/0007_study_order.sql")),
 ];
 
 impl Db {
@@ -115,4 +116,32 @@ fn split_statements(sql: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    /// Every file in `migrations/` is in `MIGRATIONS`, numbered as named and
+    /// in order: a file added to the folder but not to the list would never run.
+    #[test]
+    fn every_migration_file_is_listed_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<(i64, String)> = std::fs::read_dir(&dir)
+            .expect("migrations dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .map(|p| {
+                let name = p.file_name().expect("name").to_string_lossy().into_owned();
+                let n: i64 = name[..4].parse().expect("NNNN_ prefix");
+                (n, std::fs::read_to_string(&p).expect("read"))
+            })
+            .collect();
+        files.sort();
+        let listed: Vec<(i64, String)> = MIGRATIONS
+            .iter()
+            .map(|(n, sql)| (*n, (*sql).to_owned()))
+            .collect();
+        assert_eq!(listed, files);
+    }
 }
