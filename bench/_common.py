@@ -1,4 +1,4 @@
-"""Shared helpers for Meridian's benchmarks (bench/ingest, bench/qido, bench/authz).
+"""Shared helpers for Meridian's benchmarks (bench/ingest, bench/qido, bench/authz, bench/retrieve).
 
 Everything here runs on 127.0.0.1 only. Servers are started as child processes in
 their own session and stopped (SIGTERM, then SIGKILL) when the bench is done with
@@ -233,7 +233,7 @@ class Meridian:
 class Orthanc:
     name = "orthanc"
 
-    def __init__(self, root: Path, dicom_threads: int = 8, plugins: bool = True):
+    def __init__(self, root: Path, dicom_threads: int = 8, plugins: bool = True, extra_config: dict | None = None):
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.aet = "ORTHANC"
@@ -258,6 +258,7 @@ class Orthanc:
             "Plugins": ["/usr/share/orthanc/plugins"] if plugins else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
+        cfg.update(extra_config or {})
         self.config = cfg
         cfg_path = root / "orthanc.json"
         cfg_path.write_text(json.dumps(cfg, indent=2))
@@ -301,3 +302,70 @@ class StoreSCP:
 
     def stop(self):
         stop(self.proc)
+
+
+# ------------------------------------------------------------------ data: the SYNTHETIC CT series
+
+CT_SOURCE = "693_UNCI.dcm"  # pydicom-data: a real 512x512 16-bit CT slice
+CT_GEN_VERSION = "1"
+
+
+def ct_source_slice() -> Path:
+    import data_store  # pydicom-data wheel
+    p = Path(data_store.__file__).parent / "data" / CT_SOURCE
+    if not p.exists():
+        sys.exit(f"{p} missing: pip install pydicom-data (scripts/install-peers)")
+    return p
+
+
+def ct_series(slices: int) -> list[Path]:
+    """bench/ingest's SYNTHETIC CT series of `slices` slices: the same files, UIDs and cache
+    (WORK/ingest-ct-N/all, marker .complete), so bench/ingest and bench/retrieve share it.
+    Regenerated when missing or incomplete. (bench/ingest also adds split<N>/ directories of
+    hard links; it creates them on demand when they are missing.)"""
+    cache = WORK / f"ingest-ct-{slices}"
+    marker = cache / ".complete"
+    stamp = f"v{CT_GEN_VERSION} {CT_SOURCE} {slices}"
+    files_dir = cache / "all"
+    if marker.exists() and marker.read_text() == stamp:
+        files = sorted(files_dir.glob("*.dcm"))
+        if len(files) == slices:
+            return files
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    log(f"generating {slices} SYNTHETIC CT slices from pydicom-data {CT_SOURCE} into {cache} ...")
+    t0 = time.time()
+    shutil.rmtree(cache, ignore_errors=True)
+    files_dir.mkdir(parents=True)
+    ds = pydicom.dcmread(ct_source_slice())
+    study = generate_uid(entropy_srcs=["meridian-bench-ingest", "study", str(slices)])
+    series = generate_uid(entropy_srcs=["meridian-bench-ingest", "series", str(slices)])
+    spacing = 0.625
+    x, y, z0 = (float(v) for v in ds.ImagePositionPatient)
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.SeriesDescription = "SYNTHETIC bench volume"
+    ds.StudyDescription = "SYNTHETIC bench study"
+    ds.StudyID = "BENCH"
+    ds.AccessionNumber = "BENCHINGEST"
+    ds.SeriesNumber = 900
+    ds.SliceThickness = spacing
+    ds.SpacingBetweenSlices = spacing
+    if "SourceImageSequence" in ds:
+        del ds.SourceImageSequence
+    files = []
+    for i in range(slices):
+        sop = generate_uid(entropy_srcs=["meridian-bench-ingest", "sop", str(slices), str(i)])
+        z = z0 - i * spacing
+        ds.SOPInstanceUID = sop
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [x, y, round(z, 4)]
+        ds.SliceLocation = round(z, 4)
+        f = files_dir / f"slice{i:05d}.dcm"
+        ds.save_as(f, enforce_file_format=True)
+        files.append(f)
+    marker.write_text(stamp)
+    log(f"  generated in {time.time() - t0:.1f}s")
+    return files
