@@ -238,6 +238,7 @@ impl Store {
         };
         let db = db::Db::connect(&url).await?;
         db.migrate().await?;
+        db.spawn_checkpoints();
         let blobs = Blobs::local(&cfg.data_dir.join("objects"), cfg.fsync)?;
         let (tx, rx) = mpsc::channel(4096);
         writer::start(db.clone(), rx, cfg.duplicate_policy)?;
@@ -461,42 +462,39 @@ impl Store {
         now: i64,
     ) -> Result<Vec<StudyEvent>, StoreError> {
         let cutoff = now - quiet_ms;
-        let pool = &self.inner.db.pool;
-        let candidates: Vec<(String,)> =
-            sqlx::query_as("SELECT study_uid FROM studies WHERE stable_at IS NULL AND updated_at <= $1 ORDER BY updated_at LIMIT 500")
-                .bind(cutoff)
-                .fetch_all(pool)
-                .await?;
-        let mut fired = Vec::new();
-        for (uid,) in candidates {
-            let mut tx = pool.begin().await?;
-            let r = sqlx::query("UPDATE studies SET stable_at = $1 WHERE study_uid = $2 AND stable_at IS NULL AND updated_at <= $3")
-                .bind(now)
-                .bind(&uid)
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?;
-            if r.rows_affected() == 1 {
-                sqlx::query(
-                    "INSERT INTO study_events (id, study_uid, kind, at) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(format!("{now:013}-{:016x}", rand_u64()))
-                .bind(&uid)
-                .bind("stable")
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                let ev = StudyEvent {
-                    study_uid: uid,
-                    kind: "stable".into(),
-                    at_ms: now,
-                };
-                let _ = self.inner.events.send(ev.clone());
-                fired.push(ev);
-            } else {
-                tx.rollback().await?;
-            }
+        // One write transaction per sweep (one durable commit, not one per
+        // study). The conditional UPDATE claims each study once: on
+        // PostgreSQL a node that loses the race finds `stable_at` set and
+        // returns nothing for that study, so the event fires once.
+        let mut tx = self.inner.db.begin_write().await?;
+        let claimed: Vec<(String,)> = sqlx::query_as(
+            "UPDATE studies SET stable_at = $1 WHERE stable_at IS NULL AND updated_at <= $2 AND study_uid IN (SELECT study_uid FROM studies WHERE stable_at IS NULL AND updated_at <= $2 ORDER BY updated_at LIMIT 500) RETURNING study_uid",
+        )
+        .bind(now)
+        .bind(cutoff)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (uid,) in &claimed {
+            sqlx::query(
+                "INSERT INTO study_events (id, study_uid, kind, at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(format!("{now:013}-{:016x}", rand_u64()))
+            .bind(uid)
+            .bind("stable")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let mut fired = Vec::with_capacity(claimed.len());
+        for (uid,) in claimed {
+            let ev = StudyEvent {
+                study_uid: uid,
+                kind: "stable".into(),
+                at_ms: now,
+            };
+            let _ = self.inner.events.send(ev.clone());
+            fired.push(ev);
         }
         Ok(fired)
     }

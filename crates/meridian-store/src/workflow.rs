@@ -605,10 +605,12 @@ impl Store {
         }))
     }
 
-    /// Stable studies that have no case yet (missed events, restarts), oldest first.
+    /// Stable studies that have no case yet (missed events, restarts), oldest
+    /// first; only those of sites with a workflow profile (the others never get
+    /// a case, and would fill every page, hiding the studies that should).
     pub async fn stable_without_case(&self, limit: i64) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT s.study_uid FROM studies s LEFT JOIN cases c ON c.study_uid = s.study_uid WHERE s.stable_at IS NOT NULL AND c.study_uid IS NULL ORDER BY s.stable_at LIMIT $1",
+            "SELECT s.study_uid FROM studies s JOIN sites t ON t.site_id = s.site_id LEFT JOIN cases c ON c.study_uid = s.study_uid WHERE s.stable_at IS NOT NULL AND t.profile IS NOT NULL AND c.study_uid IS NULL ORDER BY s.stable_at LIMIT $1",
         )
         .bind(limit)
         .fetch_all(self.wpool())

@@ -1481,10 +1481,23 @@ async fn workflow_profiles_orders_and_cases() {
     )
     .await
     .unwrap();
+    // A study of a site without a workflow profile never gets a case, and
+    // is not offered again and again (it would fill the page).
+    s.store(
+        "no-profile-site",
+        info("2.8", "2.8.1", "2.8.1.1", &[]),
+        Bytes::from_static(b"a"),
+    )
+    .await
+    .unwrap();
     assert!(s.stable_without_case(10).await.unwrap().is_empty());
-    s.sweep_stable(0, meridian_store::now_ms() + 1)
+    let fired = s
+        .sweep_stable(0, meridian_store::now_ms() + 1)
         .await
         .unwrap();
+    let mut uids: Vec<&str> = fired.iter().map(|e| e.study_uid.as_str()).collect();
+    uids.sort();
+    assert_eq!(uids, ["2.8", "2.9"], "one sweep claims both, in one commit");
     assert_eq!(
         s.stable_without_case(10).await.unwrap(),
         vec!["2.9".to_owned()]
