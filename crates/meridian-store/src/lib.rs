@@ -95,6 +95,10 @@ pub enum StoreOutcome {
 /// written; larger ones are written first.
 pub const PIPELINE_MAX: usize = 8 << 20;
 
+/// Studies claimed per write transaction by the stable sweep, and batches per sweep.
+const SWEEP_BATCH: i64 = 100;
+const SWEEP_BATCHES: usize = 5;
+
 /// An index row handed to the writer; [`PendingIndex::outcome`] waits for its commit.
 pub struct PendingIndex {
     store: Store,
@@ -453,7 +457,8 @@ impl Store {
         self.inner.blobs.get(key).await
     }
 
-    /// Marks studies with no new instance for `quiet_ms` as stable, claiming
+    /// Marks studies with no new instance for `quiet_ms` as stable (at most
+    /// `SWEEP_BATCHES` × `SWEEP_BATCH` per call), claiming
     /// each with a conditional update (exactly one node wins), records a
     /// `stable` event in the outbox and publishes it. Returns the events fired.
     pub async fn sweep_stable(
@@ -462,30 +467,40 @@ impl Store {
         now: i64,
     ) -> Result<Vec<StudyEvent>, StoreError> {
         let cutoff = now - quiet_ms;
-        // One write transaction per sweep (one durable commit, not one per
-        // study). The conditional UPDATE claims each study once: on
-        // PostgreSQL a node that loses the race finds `stable_at` set and
-        // returns nothing for that study, so the event fires once.
-        let mut tx = self.inner.db.begin_write().await?;
-        let claimed: Vec<(String,)> = sqlx::query_as(
-            "UPDATE studies SET stable_at = $1 WHERE stable_at IS NULL AND updated_at <= $2 AND study_uid IN (SELECT study_uid FROM studies WHERE stable_at IS NULL AND updated_at <= $2 ORDER BY updated_at LIMIT 500) RETURNING study_uid",
-        )
-        .bind(now)
-        .bind(cutoff)
-        .fetch_all(&mut *tx)
-        .await?;
-        for (uid,) in &claimed {
-            sqlx::query(
-                "INSERT INTO study_events (id, study_uid, kind, at) VALUES ($1, $2, $3, $4)",
+        // A few short write transactions per sweep (one durable commit per
+        // batch, not per study; short enough that requests' audit appends
+        // barely wait behind one). The conditional UPDATE claims each study
+        // once: on PostgreSQL a node that loses the race finds `stable_at` set
+        // and returns nothing for that study, so the event fires once.
+        let mut claimed: Vec<(String,)> = Vec::new();
+        for _ in 0..SWEEP_BATCHES {
+            let mut tx = self.inner.db.begin_write().await?;
+            let batch: Vec<(String,)> = sqlx::query_as(
+                "UPDATE studies SET stable_at = $1 WHERE stable_at IS NULL AND updated_at <= $2 AND study_uid IN (SELECT study_uid FROM studies WHERE stable_at IS NULL AND updated_at <= $2 ORDER BY updated_at LIMIT $3) RETURNING study_uid",
             )
-            .bind(format!("{now:013}-{:016x}", rand_u64()))
-            .bind(uid)
-            .bind("stable")
             .bind(now)
-            .execute(&mut *tx)
+            .bind(cutoff)
+            .bind(SWEEP_BATCH)
+            .fetch_all(&mut *tx)
             .await?;
+            for (uid,) in &batch {
+                sqlx::query(
+                    "INSERT INTO study_events (id, study_uid, kind, at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(format!("{now:013}-{:016x}", rand_u64()))
+                .bind(uid)
+                .bind("stable")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            let last = (batch.len() as i64) < SWEEP_BATCH;
+            claimed.extend(batch);
+            if last {
+                break;
+            }
         }
-        tx.commit().await?;
         let mut fired = Vec::with_capacity(claimed.len());
         for (uid,) in claimed {
             let ev = StudyEvent {
