@@ -156,6 +156,11 @@ const MAX_CONTROL_PDU: usize = 64 * 1024;
 const DIRECT_READ: usize = 16 * 1024;
 /// Read-buffer capacity kept between reads.
 const READ_CHUNK: usize = 64 * 1024;
+/// The most buffer reserved ahead of bytes that have not arrived yet.
+const GUESS_MAX: usize = 64 << 20;
+/// The most PDV bytes a P-DATA-TF may carry past the end of a message
+/// (they are kept in the read buffer for the next one).
+const MAX_CARRY: usize = 1 << 20;
 /// Data buffers up to this size are kept for the association's next message.
 const KEEP_BUFFER: usize = 16 << 20;
 
@@ -213,6 +218,7 @@ impl Receiver {
             idle: self.idle,
         };
         let mut msg = Reassembly {
+            started: false,
             cmd: Vec::new(),
             command: None,
             data: Vec::new(),
@@ -253,6 +259,13 @@ impl Receiver {
                 wire.buf.advance(6);
                 left -= 4 + item;
                 let n = item - 2;
+                if msg.started && msg.pc_id != pc_id {
+                    return Err(DimseError::Unexpected(format!(
+                        "message fragments on presentation contexts {} and {pc_id}",
+                        msg.pc_id
+                    )));
+                }
+                msg.started = true;
                 msg.pc_id = pc_id;
                 let is_last = header & 0x02 != 0;
                 let done = if header & 0x01 != 0 {
@@ -278,12 +291,14 @@ impl Receiver {
                             msg.data = std::mem::take(&mut self.spare);
                             // Room for the whole data set when its size is
                             // known from the last one, else a few fragments.
+                            // (A guess from one fragment stays modest: the
+                            // peer has not sent the bytes yet.)
                             let want = if is_last {
                                 n
                             } else if self.size_hint > n {
                                 self.size_hint + self.size_hint / 64
                             } else {
-                                n * 8
+                                n.saturating_mul(8).min(GUESS_MAX)
                             };
                             msg.data.reserve(want.min(max_data));
                         }
@@ -295,6 +310,11 @@ impl Receiver {
                     if left > 0 {
                         // More PDVs in this PDU belong to the next message:
                         // leave them in the read buffer as a P-DATA-TF of their own.
+                        if left > MAX_CARRY {
+                            return Err(DimseError::Unexpected(format!(
+                                "{left} bytes of P-DATA-TF after the end of a message"
+                            )));
+                        }
                         wire.fill(left).await?;
                         wire.unread_pdata_header(left);
                     }
@@ -320,6 +340,8 @@ impl Receiver {
 
 /// A message being reassembled.
 struct Reassembly {
+    /// A fragment has arrived (its context is `pc_id`).
+    started: bool,
     cmd: Vec<u8>,
     command: Option<InMemDicomObject>,
     data: Vec<u8>,
@@ -397,10 +419,13 @@ impl<S: AsyncRead + Unpin> Wire<'_, S> {
         Ok(())
     }
 
-    /// Appends the next `n` payload bytes to `dst`.
+    /// Appends the next `n` payload bytes to `dst` (growing it as bytes
+    /// arrive, not by what the peer announced).
     async fn read_into(&mut self, dst: &mut Vec<u8>, mut n: usize) -> Result<(), DimseError> {
-        dst.reserve(n);
         while n > 0 {
+            if dst.capacity() - dst.len() < n.min(READ_CHUNK) {
+                dst.reserve(n.min(GUESS_MAX));
+            }
             if self.buf.is_empty() && n >= DIRECT_READ {
                 let mut limited = BufMut::limit(&mut *dst, n);
                 n -= read_some(self.stream, &mut limited, self.idle).await?;
