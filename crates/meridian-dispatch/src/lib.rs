@@ -269,10 +269,13 @@ impl Dispatch {
                         }
                     }
                 }
+                Err(e) if e.is_closed() => return,
                 Err(e) => tracing::warn!(error = %e, "stable scan failed"),
             }
-            if let Err(e) = self.route_pass(now_ms()).await {
-                tracing::warn!(error = %e, "routing pass failed");
+            match self.route_pass(now_ms()).await {
+                Err(DispatchError::Store(e)) if e.is_closed() => return,
+                Err(e) => tracing::warn!(error = %e, "routing pass failed"),
+                Ok(_) => {}
             }
         }
     }
@@ -300,6 +303,8 @@ impl Dispatch {
                         let _ = self.feed.send(e);
                     }
                 }
+                // The store was closed: the server is shutting down.
+                Err(e) if e.is_closed() => return,
                 Err(e) => tracing::warn!(error = %e, "case feed failed"),
             }
         }

@@ -98,8 +98,10 @@ impl Db {
                 if pool.is_closed() {
                     return;
                 }
-                if let Err(e) = pool.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                match pool.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+                    Err(sqlx::Error::PoolClosed) => return,
+                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
+                    Ok(_) => {}
                 }
             }
         });

@@ -57,6 +57,16 @@ pub enum StoreError {
     OtherSite,
 }
 
+impl StoreError {
+    /// The store has been closed (the server is shutting down).
+    pub fn is_closed(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Closed | StoreError::Db(sqlx::Error::PoolClosed)
+        )
+    }
+}
+
 /// What happens when an instance with a known SOP Instance UID arrives again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]

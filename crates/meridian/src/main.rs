@@ -393,6 +393,7 @@ async fn forward_audit(store: Store, sink: meridian_auditsink::SinkHandle) {
                     last = r.seq;
                 }
             }
+            Err(e) if e.is_closed() => return,
             Err(e) => tracing::warn!(error = %e, "reading audit records to forward failed"),
         }
     }
@@ -406,8 +407,10 @@ async fn stable_sweeper(store: Store, quiet_secs: u64) {
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        if let Err(e) = store.sweep_stable(quiet_ms, meridian_store::now_ms()).await {
-            tracing::warn!(error = %e, "stable sweep failed");
+        match store.sweep_stable(quiet_ms, meridian_store::now_ms()).await {
+            Err(e) if e.is_closed() => return,
+            Err(e) => tracing::warn!(error = %e, "stable sweep failed"),
+            Ok(_) => {}
         }
     }
 }
