@@ -285,14 +285,20 @@ class Orthanc:
 class StoreSCP:
     name = "storescp"
 
-    def __init__(self, out_dir: Path, log_dir: Path):
+    def __init__(self, out_dir: Path | None, log_dir: Path, aet: str = "STORESCP"):
+        """Writes every file to `out_dir`; with `out_dir=None` it runs with --ignore
+        (receives everything, stores nothing) and logs each store (-v)."""
         self.dicom_port = free_port()
-        self.aet = "STORESCP"
-        out_dir.mkdir(parents=True, exist_ok=True)
+        self.aet = aet
         self.out_dir = out_dir
-        self.log_path = log_dir / "storescp.log"
+        self.log_path = log_dir / f"{aet.lower()}.log"
+        if out_dir is None:
+            store = ["-v", "--ignore"]
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            store = ["-od", str(out_dir)]
         # --fork: one child per association, so 8 concurrent associations are served at once.
-        self.proc = spawn([STORESCP, "--fork", "-dhl", "-pdu", str(MAX_PDU), "-aet", self.aet, "-od", out_dir,
+        self.proc = spawn([STORESCP, "--fork", "-dhl", "-pdu", str(MAX_PDU), "-aet", self.aet, *store,
                            str(self.dicom_port)], self.log_path)
         wait_tcp(self.dicom_port, self.proc, self.log_path)
 

@@ -268,7 +268,8 @@ impl Receiver {
                 msg.started = true;
                 msg.pc_id = pc_id;
                 let is_last = header & 0x02 != 0;
-                let done = if header & 0x01 != 0 {
+                let is_data = header & 0x01 == 0;
+                let done = if !is_data {
                     if msg.cmd.len() + n > MAX_COMMAND {
                         return Err(DimseError::BadCommand(
                             "command set larger than 64 KiB".into(),
@@ -321,7 +322,7 @@ impl Receiver {
                     if !msg.overflow && msg.command.is_some() && !msg.data.is_empty() {
                         self.size_hint = msg.data.len();
                     }
-                    return msg.finish();
+                    return msg.finish(is_data);
                 }
             }
         };
@@ -363,13 +364,13 @@ impl Reassembly {
         Ok(!has_data)
     }
 
-    fn finish(self) -> Result<Incoming, DimseError> {
+    /// The complete message; `with_data` when it ended with its data set
+    /// (else its command said none follows).
+    fn finish(self, with_data: bool) -> Result<Incoming, DimseError> {
         let command = self
             .command
             .ok_or_else(|| DimseError::Unexpected("no command".into()))?;
-        let has_data =
-            get_u16(&command, tags::COMMAND_DATA_SET_TYPE).unwrap_or(NO_DATASET) != NO_DATASET;
-        let data = (has_data && !self.overflow).then_some(self.data);
+        let data = (with_data && !self.overflow).then_some(self.data);
         Ok(Incoming::Message(Message {
             pc_id: self.pc_id,
             command,
@@ -493,14 +494,8 @@ where
     let (stream, _) = assoc.get_mut();
     let total = command.len() + data.map_or(0, <[u8]>::len);
     let mut pdu = Vec::with_capacity(12 + chunk.min(total));
-    let parts = [
-        (true, command.as_slice()),
-        (false, data.unwrap_or_default()),
-    ];
+    let parts = std::iter::once((true, command.as_slice())).chain(data.map(|d| (false, d)));
     for (is_command, bytes) in parts {
-        if !is_command && data.is_none() {
-            break;
-        }
         let mut pos = 0;
         loop {
             let end = (pos + chunk).min(bytes.len());

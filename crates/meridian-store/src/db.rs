@@ -95,9 +95,6 @@ impl Db {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if pool.is_closed() {
-                    return;
-                }
                 match pool.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
                     Err(sqlx::Error::PoolClosed) => return,
                     Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),

@@ -109,7 +109,7 @@ pub const PIPELINE_MAX: usize = 8 << 20;
 const SWEEP_BATCH: i64 = 100;
 const SWEEP_BATCHES: usize = 5;
 
-/// An index row handed to the writer; [`PendingIndex::outcome`] waits for its commit.
+/// An index row handed to the writer; [`PendingIndex::wait_blocking`] waits for its commit.
 pub struct PendingIndex {
     store: Store,
     key: String,
@@ -117,19 +117,6 @@ pub struct PendingIndex {
 }
 
 impl PendingIndex {
-    /// Waits for the commit. Removes the new file when it loses to an
-    /// existing copy (or was refused), the old one when it replaces it.
-    pub async fn outcome(self) -> Result<StoreOutcome, StoreError> {
-        let res = self.rx.await.map_err(|_| StoreError::Closed);
-        Committed {
-            store: self.store,
-            key: self.key,
-            res,
-        }
-        .outcome()
-        .await
-    }
-
     /// Waits for the commit on a blocking thread (one wake-up fewer for the
     /// caller than returning to async code and awaiting there).
     pub fn wait_blocking(self) -> Committed {
@@ -482,7 +469,7 @@ impl Store {
         // barely wait behind one). The conditional UPDATE claims each study
         // once: on PostgreSQL a node that loses the race finds `stable_at` set
         // and returns nothing for that study, so the event fires once.
-        let mut claimed: Vec<(String,)> = Vec::new();
+        let mut fired = Vec::new();
         for _ in 0..SWEEP_BATCHES {
             let mut tx = self.inner.db.begin_write().await?;
             let batch: Vec<(String,)> = sqlx::query_as(
@@ -505,21 +492,21 @@ impl Store {
                 .await?;
             }
             tx.commit().await?;
+            // Published as soon as their batch is durable (a later batch's
+            // error does not hold back the events of one already committed).
             let last = (batch.len() as i64) < SWEEP_BATCH;
-            claimed.extend(batch);
+            for (uid,) in batch {
+                let ev = StudyEvent {
+                    study_uid: uid,
+                    kind: "stable".into(),
+                    at_ms: now,
+                };
+                let _ = self.inner.events.send(ev.clone());
+                fired.push(ev);
+            }
             if last {
                 break;
             }
-        }
-        let mut fired = Vec::with_capacity(claimed.len());
-        for (uid,) in claimed {
-            let ev = StudyEvent {
-                study_uid: uid,
-                kind: "stable".into(),
-                at_ms: now,
-            };
-            let _ = self.inner.events.send(ev.clone());
-            fired.push(ev);
         }
         Ok(fired)
     }

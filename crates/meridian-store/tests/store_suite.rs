@@ -667,7 +667,7 @@ async fn mixed_groups_commit_like_single_stores() {
         let key = Store::new_key(&i).unwrap();
         let (pending, fate) = st.queue_blocking("site-a", i, key, 1).unwrap();
         fate.report(false);
-        pending
+        pending.wait_blocking()
     })
     .await
     .unwrap();
