@@ -411,3 +411,41 @@ def test_dimse_max_pdu_option(tmp_path):
         _assert_received([inst], files)
     finally:
         srv.cleanup()
+
+
+def _streamed(server) -> float:
+    import requests
+    text = requests.get(f"{server.http_url}/metrics", timeout=30).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("meridian_instances_streamed_total"))
+
+
+def test_dimse_data_set_streamed_to_its_file_while_it_arrives(tmp_path):
+    """On an association with few others open, a C-STORE data set is written
+    to its file while it arrives, then parsed and checked whole as any
+    other: the file is the same byte for byte. A deflated data set (whose
+    header cannot be read before it is whole) takes the ordinary path, and a
+    refused one leaves no file."""
+    srv = Server()
+    try:
+        before = _streamed(srv)
+        ct = df.make_instance(TESTFILES / "CT_small.dcm", tmp_path / "ct.dcm", patient_id=_pid("STREAM"))
+        assert df.c_store_raw(srv, ct.path).get("Status") == 0x0000
+        assert _streamed(srv) == before + 1, "the CT was not streamed"
+        dfl = df.make_instance(TESTFILES / "image_dfl.dcm", tmp_path / "dfl.dcm", patient_id=_pid("STREAM"))
+        assert df.c_store_raw(srv, dfl.path).get("Status") == 0x0000
+        assert _streamed(srv) == before + 1, "a deflated data set cannot be streamed"
+        # Truncated in its pixel data: the header streams, the whole is refused.
+        raw = ct.path.read_bytes()
+        bad = tmp_path / "truncated.dcm"
+        bad.write_bytes(raw[: len(raw) - 5000])
+        assert df.c_store_raw(srv, bad).get("Status") != 0x0000
+        files = df.stored_dcm_files(srv.data_dir)
+        assert len(files) == 2, [str(f) for f in files]
+        final, got = df.c_get(srv, "IMAGE", {
+            "StudyInstanceUID": ct.study_uid, "SeriesInstanceUID": ct.series_uid, "SOPInstanceUID": ct.sop_uid,
+        }, tmp_path / "get", storage=[(ct.sop_class, "1.2.840.10008.1.2.1")])
+        assert final.get("Status") == 0x0000 and len(got) == 1
+        assert df.data_set_bytes(got[0]) == df.data_set_bytes(ct.path)
+    finally:
+        srv.cleanup()

@@ -283,6 +283,27 @@ fn parse_dataset_with(
     obj.map_err(|e| ParseError::Malformed(e.to_string()))
 }
 
+/// The instance's facts from the first bytes of a data set still arriving
+/// (`prefix`, in transfer syntax `ts_uid`), once everything before Pixel
+/// Data is there; `None` before that, for a deflated data set, or when the
+/// header is not acceptable (the complete data set then gets the real error).
+/// Lets a receiver name and start the instance's file early; the complete
+/// data set is parsed again before anything is kept.
+pub fn peek_info(prefix: &[u8], ts_uid: &str, limits: &Limits) -> Option<InstanceInfo> {
+    let ts_uid = ts_uid.trim_end_matches(['\0', ' ']);
+    let ts = TransferSyntaxRegistry.get(ts_uid)?;
+    if matches!(ts.codec(), dicom_encoding::Codec::Dataset(_)) {
+        return None;
+    }
+    let enc = Encoding {
+        explicit_vr: ts_uid != "1.2.840.10008.1.2",
+        big_endian: ts.endianness() == dicom_encoding::transfer_syntax::Endianness::Big,
+    };
+    let off = scan::pixel_data_in_prefix(prefix, enc, limits.max_element)?;
+    let obj = InMemDicomObject::read_dataset_with_ts(&prefix[..off], ts).ok()?;
+    extract(&obj, ts_uid).ok()
+}
+
 fn inflate_bounded(data: &[u8], max: usize) -> Result<Vec<u8>, ParseError> {
     use std::io::Read;
     let mut out = Vec::new();

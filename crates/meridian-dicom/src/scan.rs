@@ -101,6 +101,23 @@ pub fn scan_dataset(data: &[u8], enc: Encoding, max_element: u64) -> Result<Scan
     })
 }
 
+/// The offset of the top-level Pixel Data element when only `prefix` of a
+/// data set has arrived: `Some` once every element before it is present and
+/// well formed (what follows is not looked at), `None` if the prefix ends,
+/// or is malformed, before it. The header found this way must still be
+/// checked against the whole data set with [`scan_dataset`] once it is complete.
+pub fn pixel_data_in_prefix(prefix: &[u8], enc: Encoding, max_element: u64) -> Option<usize> {
+    let s = Scanner {
+        max_element,
+        pixel_data: std::cell::Cell::new(None),
+    };
+    // The walk stops with an error at the end of the prefix; the offset is
+    // recorded as soon as the element's tag is read, after every earlier
+    // element passed.
+    let _ = s.elements(prefix, 0, prefix.len(), enc, 0, false);
+    s.pixel_data.get()
+}
+
 /// What the scan learned about the data set's layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScanInfo {

@@ -96,3 +96,50 @@ fn ct_extracts_index_attributes() {
     assert_eq!(info.get(0x0010_0010), Some("CompressedSamples^CT1"));
     assert_eq!(info.get(0x0008_0060), Some("CT"));
 }
+
+/// A receiver may name an instance from the first bytes of its data set
+/// (`peek_info`): for every real file, at every cut, the peek either waits
+/// (`None`) or agrees with the parse of the whole data set on every fact the
+/// object key and the file meta group are built from; and once the data set
+/// is whole it answers for every parsable file with pixel data.
+#[test]
+fn peeking_at_a_prefix_agrees_with_the_whole_data_set() {
+    use meridian_dicom::parse::{peek_info, split_part10};
+    let limits = Limits::default();
+    let mut peeked_whole = 0;
+    for f in corpus() {
+        let bytes = std::fs::read(&f).unwrap();
+        let Ok((_, _, full)) = parse_part10(&bytes, &limits) else {
+            continue;
+        };
+        let p10 = split_part10(&bytes).unwrap();
+        let data = &bytes[p10.dataset_offset..];
+        let facts = |i: &meridian_dicom::InstanceInfo| {
+            (
+                i.study_uid.clone(),
+                i.series_uid.clone(),
+                i.sop_instance_uid.clone(),
+                i.sop_class_uid.clone(),
+                i.transfer_syntax.clone(),
+            )
+        };
+        let mut cuts: Vec<usize> = (1..=16).map(|k| data.len() * k / 16).collect();
+        cuts.extend(
+            [0, 1, 7, 8, 100, 128, 1024, 4096]
+                .into_iter()
+                .filter(|c| *c < data.len()),
+        );
+        for cut in cuts {
+            if let Some(p) = peek_info(&data[..cut], &p10.transfer_syntax, &limits) {
+                assert_eq!(facts(&p), facts(&full), "{} cut at {cut}", f.display());
+                if cut == data.len() {
+                    peeked_whole += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        peeked_whole > 50,
+        "only {peeked_whole} whole data sets were peeked"
+    );
+}

@@ -56,7 +56,21 @@ pub struct Message {
     /// The data set, if any. `None` with `overflow` set when it exceeded the limit.
     pub data: Option<Vec<u8>>,
     pub overflow: bool,
+    /// The sink that was fed the data set while it arrived (see
+    /// [`Receiver::receive_with`]), when the whole data set went through it.
+    pub sink: Option<Box<dyn DataSink>>,
 }
+
+/// Takes a message's data set while it arrives.
+pub trait DataSink: Send + Sync + std::any::Any {
+    /// `all`: the data set received so far (each call sees it grown by the
+    /// fragment just read).
+    fn feed(&mut self, all: &[u8]);
+}
+
+/// Opens a [`DataSink`] for a message whose command set (and presentation
+/// context) has just arrived and announces a data set, or declines.
+pub type OpenSink<'a> = dyn FnMut(&InMemDicomObject, u8) -> Option<Box<dyn DataSink>> + Send + 'a;
 
 impl Message {
     pub fn field(&self) -> u16 {
@@ -211,6 +225,23 @@ impl Receiver {
         A: AsyncAssociation<S> + Association + Send,
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        self.receive_with(assoc, max_data, &mut |_, _| None).await
+    }
+
+    /// [`Receiver::receive`], offering each data set to `open_sink` once its
+    /// command set is in: a sink it returns is fed every fragment as it
+    /// arrives and comes back with the message. A data set over the limit
+    /// drops its sink.
+    pub async fn receive_with<A, S>(
+        &mut self,
+        assoc: &mut A,
+        max_data: usize,
+        open_sink: &mut OpenSink<'_>,
+    ) -> Result<Incoming, DimseError>
+    where
+        A: AsyncAssociation<S> + Association + Send,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let (stream, buf) = assoc.get_mut();
         let mut wire = Wire {
             stream,
@@ -224,6 +255,7 @@ impl Receiver {
             data: Vec::new(),
             overflow: false,
             pc_id: 0,
+            sink: None,
         };
         let control = loop {
             wire.fill(6).await?;
@@ -276,7 +308,15 @@ impl Receiver {
                         ));
                     }
                     wire.read_into(&mut msg.cmd, n).await?;
-                    is_last && msg.command_complete()?
+                    if is_last {
+                        let no_data = msg.command_complete()?;
+                        if let (false, Some(c)) = (no_data, msg.command.as_ref()) {
+                            msg.sink = open_sink(c, pc_id);
+                        }
+                        no_data
+                    } else {
+                        false
+                    }
                 } else {
                     if msg.command.is_none() {
                         return Err(DimseError::Unexpected("data before command".into()));
@@ -284,6 +324,7 @@ impl Receiver {
                     if !msg.overflow && msg.data.len() + n > max_data {
                         msg.overflow = true;
                         msg.data = Vec::new();
+                        msg.sink = None;
                     }
                     if msg.overflow {
                         wire.skip(n).await?;
@@ -304,6 +345,9 @@ impl Receiver {
                             msg.data.reserve(want.min(max_data));
                         }
                         wire.read_into(&mut msg.data, n).await?;
+                        if let Some(sink) = msg.sink.as_mut() {
+                            sink.feed(&msg.data);
+                        }
                     }
                     is_last
                 };
@@ -348,6 +392,7 @@ struct Reassembly {
     data: Vec<u8>,
     overflow: bool,
     pc_id: u8,
+    sink: Option<Box<dyn DataSink>>,
 }
 
 impl Reassembly {
@@ -370,12 +415,14 @@ impl Reassembly {
         let command = self
             .command
             .ok_or_else(|| DimseError::Unexpected("no command".into()))?;
-        let data = (with_data && !self.overflow).then_some(self.data);
+        let whole = with_data && !self.overflow;
+        let data = whole.then_some(self.data);
         Ok(Incoming::Message(Message {
             pc_id: self.pc_id,
             command,
             data,
             overflow: self.overflow,
+            sink: self.sink.filter(|_| whole),
         }))
     }
 }

@@ -275,3 +275,82 @@ async fn release_is_answered_and_reported() {
     .await;
     assert!(released);
 }
+
+/// Records what a data sink is fed, and whether it was dropped.
+struct Recorder {
+    fed: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl msg::DataSink for Recorder {
+    fn feed(&mut self, all: &[u8]) {
+        self.fed.lock().expect("lock").push(all.len());
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.dropped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_sink_is_fed_each_fragment_and_comes_back_with_its_message() {
+    let mut wire = pdata(&[pdv(1, true, true, &echo_rq(1))]);
+    wire.extend(pdata(&[pdv(3, true, true, &store_rq(2))]));
+    wire.extend(pdata(&[
+        pdv(3, false, false, &[1u8; 30_000]),
+        pdv(3, false, false, &[2u8; 5]),
+    ]));
+    wire.extend(pdata(&[pdv(3, false, true, &[3u8; 20_000])]));
+    // Over the limit: its sink is dropped with the data.
+    wire.extend(pdata(&[pdv(3, true, true, &store_rq(3))]));
+    wire.extend(pdata(&[pdv(3, false, true, &[4u8; 90_000])]));
+    let fed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let dropped: Vec<_> = (0..2)
+        .map(|_| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)))
+        .collect();
+    let (f, d) = (fed.clone(), dropped.clone());
+    let got = exchange(wire, Duration::from_secs(5), async move |rx, assoc| {
+        let mut opened = Vec::new();
+        let mut open = |c: &dicom_object::InMemDicomObject, pc: u8| {
+            opened.push((msg::get_u16(c, tags::MESSAGE_ID), pc));
+            let n = opened.len() - 1;
+            Some(Box::new(Recorder {
+                fed: f.clone(),
+                dropped: d[n].clone(),
+            }) as Box<dyn msg::DataSink>)
+        };
+        let echo = message(
+            rx.receive_with(assoc, 60_000, &mut open)
+                .await
+                .expect("echo"),
+        );
+        let store = message(
+            rx.receive_with(assoc, 60_000, &mut open)
+                .await
+                .expect("store"),
+        );
+        let store_dropped_early = d[0].load(std::sync::atomic::Ordering::SeqCst);
+        let big = message(
+            rx.receive_with(assoc, 60_000, &mut open)
+                .await
+                .expect("big"),
+        );
+        (
+            echo.sink.is_none(),
+            store.sink.is_some(),
+            store_dropped_early,
+            big.sink.is_none() && big.overflow,
+            opened,
+        )
+    })
+    .await;
+    assert!(got.0, "no sink for a message without data");
+    assert!(got.1 && !got.2, "the store's sink comes back with it");
+    assert!(got.3, "an over-limit data set keeps no sink");
+    assert_eq!(got.4, vec![(Some(2), 3), (Some(3), 3)]);
+    assert_eq!(*fed.lock().expect("lock"), vec![30_000, 30_005, 50_005]);
+    assert!(dropped[1].load(std::sync::atomic::Ordering::SeqCst));
+}

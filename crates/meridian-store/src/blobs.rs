@@ -50,6 +50,21 @@ impl Blobs {
     /// from; reads, listing and deletes go through object_store.
     pub fn put_durable_blocking(&self, key: &str, parts: &[&[u8]]) -> Result<(), StoreError> {
         use std::io::Write;
+        let mut f = self.create_blocking(key)?;
+        let written = parts.iter().try_for_each(|p| f.write_all(p));
+        if let Err(e) = written {
+            drop(f);
+            self.remove_blocking(key);
+            return Err(e.into());
+        }
+        self.finish_blocking(key, f)
+    }
+
+    /// Creates the file of a new object under its final (unique) key, for
+    /// the caller to write (e.g. while the data still arrives). Then
+    /// [`Blobs::finish_blocking`] makes it durable, or
+    /// [`Blobs::remove_blocking`] takes it away. Blocking.
+    pub fn create_blocking(&self, key: &str) -> Result<std::fs::File, StoreError> {
         let path = self.store.path_to_filesystem(&Self::loc(key))?;
         let parent = path
             .parent()
@@ -57,23 +72,35 @@ impl Blobs {
         if !parent.exists() {
             std::fs::create_dir_all(parent)?;
         }
-        let mut f = std::fs::OpenOptions::new()
+        Ok(std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&path)?;
-        let written = parts
-            .iter()
-            .try_for_each(|p| f.write_all(p))
-            .and_then(|_| if self.fsync { f.sync_all() } else { Ok(()) });
-        if let Err(e) = written {
+            .open(&path)?)
+    }
+
+    /// Makes a file from [`Blobs::create_blocking`] durable: the file, its
+    /// directory, and each newly created ancestor's parent (once). A file
+    /// that cannot be made durable is removed. Blocking.
+    pub fn finish_blocking(&self, key: &str, f: std::fs::File) -> Result<(), StoreError> {
+        if !self.fsync {
+            return Ok(());
+        }
+        if let Err(e) = f.sync_all() {
             drop(f);
-            std::fs::remove_file(&path).ok();
+            self.remove_blocking(key);
             return Err(e.into());
         }
-        if self.fsync {
-            sync_parents(&path, &self.root, &self.synced)?;
+        drop(f);
+        let path = self.store.path_to_filesystem(&Self::loc(key))?;
+        sync_parents(&path, &self.root, &self.synced)
+    }
+
+    /// Removes an object's file if it is there (cleaning up after a failed
+    /// or abandoned write). Blocking.
+    pub fn remove_blocking(&self, key: &str) {
+        if let Ok(path) = self.store.path_to_filesystem(&Self::loc(key)) {
+            std::fs::remove_file(path).ok();
         }
-        Ok(())
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {

@@ -11,7 +11,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
-use crate::{Committed, Store, StoreError, StoreOutcome};
+use crate::{Blobs, Committed, Store, StoreError, StoreOutcome};
 
 static RECEIVED: LazyLock<IntCounter> = LazyLock::new(|| {
     let c = IntCounter::new(
@@ -40,6 +40,15 @@ static FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     prometheus::register(Box::new(c.clone())).ok();
     c
 });
+static STREAMED: LazyLock<IntCounter> = LazyLock::new(|| {
+    let c = IntCounter::new(
+        "meridian_instances_streamed_total",
+        "Instances whose file was written while they arrived (DIMSE C-STORE on an association with few others open)",
+    )
+    .expect("metric");
+    prometheus::register(Box::new(c.clone())).ok();
+    c
+});
 static LATENCY: LazyLock<Histogram> = LazyLock::new(|| {
     let h = Histogram::with_opts(
         HistogramOpts::new(
@@ -61,6 +70,7 @@ pub fn register_metrics() {
     LazyLock::force(&BYTES);
     LazyLock::force(&FAILURES);
     LazyLock::force(&LATENCY);
+    LazyLock::force(&STREAMED);
 }
 
 /// Why an instance was not stored.
@@ -172,6 +182,175 @@ fn parse_input(
     })
 }
 
+/// A data set written to its object file while it arrives (DIMSE C-STORE),
+/// so that writing overlaps the transfer instead of following it. The file
+/// is named from the header as soon as the bytes before Pixel Data are in
+/// ([`parse::peek_info`]), then each fragment is appended as it comes.
+/// Nothing is kept on the strength of that: [`Ingest::ingest_streamed`]
+/// parses and checks the complete data set as for any instance, and uses
+/// the file only if it holds exactly that data set under the key and meta
+/// group the complete parse gives. A stream dropped unfinished (refused
+/// data set, aborted association, failed write) removes its file.
+pub struct Stream {
+    blobs: Blobs,
+    limits: Limits,
+    transfer_syntax: String,
+    sop_class: String,
+    sop_instance: String,
+    source_ae: String,
+    open: Option<Streamed>,
+    /// Bytes there were at the last look for the header: it is looked for
+    /// again only once they have doubled, so a header spread over many small
+    /// fragments costs linear, not quadratic, time.
+    looked_at: usize,
+    /// Not streaming (the header came too late or did not fit the command,
+    /// or a write failed): the instance takes the ordinary path.
+    off: bool,
+}
+
+struct Streamed {
+    key: String,
+    file: std::fs::File,
+    info: InstanceInfo,
+    head: Vec<u8>,
+    /// Data set bytes written after `head`.
+    written: usize,
+    /// Data set bytes whose writeback has been started.
+    kicked: usize,
+}
+
+/// A header not complete in this many bytes is not streamed.
+const PEEK_MAX: usize = 1 << 20;
+/// Writeback is started every this many bytes written.
+const KICK_EVERY: usize = 128 << 10;
+
+impl Stream {
+    /// Takes `all`, the data set received so far (it only grows); writes
+    /// what is new. Blocking (short writes to the page cache).
+    pub fn feed(&mut self, all: &[u8]) {
+        if self.off {
+            return;
+        }
+        if self.open.is_none() {
+            if all.len() < 2 * self.looked_at {
+                return;
+            }
+            self.looked_at = all.len();
+            match self.start(all) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.off = all.len() > PEEK_MAX;
+                    return;
+                }
+                Err(()) => {
+                    self.off = true;
+                    return;
+                }
+            }
+        }
+        let Some(o) = self.open.as_mut() else { return };
+        use std::io::Write;
+        if o.file.write_all(&all[o.written..]).is_err() {
+            self.abandon();
+            return;
+        }
+        o.written = all.len();
+        if o.written - o.kicked >= KICK_EVERY {
+            start_writeback(
+                &o.file,
+                (o.head.len() + o.kicked) as u64,
+                (o.written - o.kicked) as u64,
+            );
+            o.kicked = o.written;
+        }
+    }
+
+    /// Opens the file once the header is in: `Ok(false)` not yet.
+    fn start(&mut self, all: &[u8]) -> Result<bool, ()> {
+        let Some(info) = parse::peek_info(all, &self.transfer_syntax, &self.limits) else {
+            return Ok(false);
+        };
+        let trim = |s: &str| s.trim_end_matches(['\0', ' ']).to_owned();
+        if info.sop_instance_uid != trim(&self.sop_instance)
+            || info.sop_class_uid != trim(&self.sop_class)
+            || !sop::is_storage_sop_class(&info.sop_class_uid)
+        {
+            return Err(());
+        }
+        let key = Store::new_key(&info).map_err(|_| ())?;
+        let head = parse::part10_header(&info, &self.source_ae).map_err(|_| ())?;
+        let mut file = self.blobs.create_blocking(&key).map_err(|_| ())?;
+        use std::io::Write;
+        if file.write_all(&head).is_err() {
+            drop(file);
+            self.blobs.remove_blocking(&key);
+            return Err(());
+        }
+        self.open = Some(Streamed {
+            key,
+            file,
+            info,
+            head,
+            written: 0,
+            kicked: 0,
+        });
+        Ok(true)
+    }
+
+    fn abandon(&mut self) {
+        if let Some(o) = self.open.take() {
+            drop(o.file);
+            self.blobs.remove_blocking(&o.key);
+        }
+        self.off = true;
+    }
+
+    /// The file, if it holds exactly `head` + `body` for the instance `info`.
+    fn take_if_matches(
+        &mut self,
+        info: &InstanceInfo,
+        head: &[u8],
+        body: &[u8],
+    ) -> Option<Streamed> {
+        let o = self.open.as_ref()?;
+        let same = o.written == body.len()
+            && o.head == head
+            && o.info.study_uid == info.study_uid
+            && o.info.series_uid == info.series_uid
+            && o.info.sop_instance_uid == info.sop_instance_uid
+            && o.info.sop_class_uid == info.sop_class_uid
+            && o.info.transfer_syntax == info.transfer_syntax;
+        if same { self.open.take() } else { None }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+/// Starts writing `len` bytes of `file` at `offset` back to the disk without
+/// waiting, so that the fsync before the acknowledgement finds less to do.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range on a descriptor owned by `file`, alive for the
+    // call; SYNC_FILE_RANGE_WRITE only starts writeback. Failure is harmless
+    // (the fsync does the work).
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
+
 /// Shared ingest service.
 #[derive(Clone)]
 pub struct Ingest {
@@ -190,16 +369,38 @@ impl Ingest {
         }
     }
 
-    /// Parses, validates and durably stores one instance.
-    /// `site` is the tenant the instance arrives for (from the calling AE or
-    /// the STOW-RS credential); a study keeps the site that sent it first.
-    pub async fn ingest(
+    /// A stream for a C-STORE data set about to arrive (see [`Stream`]).
+    pub fn stream(
+        &self,
+        transfer_syntax: &str,
+        sop_class: &str,
+        sop_instance: &str,
+        source_ae: &str,
+    ) -> Stream {
+        Stream {
+            blobs: self.store.blobs().clone(),
+            limits: self.limits,
+            transfer_syntax: transfer_syntax.to_owned(),
+            sop_class: sop_class.to_owned(),
+            sop_instance: sop_instance.to_owned(),
+            source_ae: source_ae.to_owned(),
+            open: None,
+            looked_at: 0,
+            off: false,
+        }
+    }
+
+    /// [`Ingest::ingest`] of a data set that was streamed to its file while
+    /// it arrived: parsed and checked all the same, the streamed file kept
+    /// only if it is exactly what the ordinary path would have written.
+    pub async fn ingest_streamed(
         &self,
         site: &str,
         input: Input,
+        stream: Option<Stream>,
     ) -> Result<(InstanceInfo, StoreOutcome), IngestError> {
         let t = Instant::now();
-        let r = self.ingest_inner(site, input).await;
+        let r = self.ingest_inner(site, input, stream).await;
         match &r {
             Ok((_, _)) => {
                 RECEIVED.inc();
@@ -210,10 +411,22 @@ impl Ingest {
         r
     }
 
+    /// Parses, validates and durably stores one instance.
+    /// `site` is the tenant the instance arrives for (from the calling AE or
+    /// the STOW-RS credential); a study keeps the site that sent it first.
+    pub async fn ingest(
+        &self,
+        site: &str,
+        input: Input,
+    ) -> Result<(InstanceInfo, StoreOutcome), IngestError> {
+        self.ingest_streamed(site, input, None).await
+    }
+
     async fn ingest_inner(
         &self,
         site: &str,
         input: Input,
+        mut stream: Option<Stream>,
     ) -> Result<(InstanceInfo, StoreOutcome), IngestError> {
         let permit = self
             .cpu
@@ -237,9 +450,26 @@ impl Ingest {
                 if !sop::is_storage_sop_class(&info.sop_class_uid) {
                     return Err(IngestError::NotStorage(info.sop_class_uid));
                 }
-                let key = Store::new_key(&info)?;
                 let len = head.len() + body.len();
-                let committed = store.put_blocking(&site, info.clone(), key, &[&head, &body])?;
+                let streamed = stream
+                    .as_mut()
+                    .and_then(|s| s.take_if_matches(&info, &head, &body));
+                // A stream not taken removes its file here.
+                drop(stream);
+                let committed = match streamed {
+                    Some(Streamed { key, file, .. }) => {
+                        STREAMED.inc();
+                        let blobs = store.blobs();
+                        let k = key.clone();
+                        store.put_with(&site, info.clone(), key, len, move || {
+                            blobs.finish_blocking(&k, file)
+                        })?
+                    }
+                    None => {
+                        let key = Store::new_key(&info)?;
+                        store.put_blocking(&site, info.clone(), key, &[&head, &body])?
+                    }
+                };
                 Ok((info, committed, len))
             },
         )

@@ -309,9 +309,27 @@ impl Store {
     ) -> Result<Committed, StoreError> {
         let size: usize = parts.iter().map(|p| p.len()).sum();
         let blobs = &self.inner.blobs;
+        let k = key.clone();
+        self.put_with(site, info, key, size, || {
+            blobs.put_durable_blocking(&k, parts)
+        })
+    }
+
+    /// [`Store::put_blocking`] for a file written otherwise (e.g. while it
+    /// arrived): `make_durable` finishes the file of `key` (`size` bytes) and
+    /// makes it durable, removing it if it cannot. The row is committed only
+    /// after it returned `Ok`.
+    pub fn put_with(
+        &self,
+        site: &str,
+        info: InstanceInfo,
+        key: String,
+        size: usize,
+        make_durable: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<Committed, StoreError> {
         if size <= PIPELINE_MAX {
-            let (pending, fate) = self.queue_blocking(site, info, key.clone(), size as i64)?;
-            let wrote = blobs.put_durable_blocking(&key, parts);
+            let (pending, fate) = self.queue_blocking(site, info, key, size as i64)?;
+            let wrote = make_durable();
             fate.report(wrote.is_ok());
             let mut committed = pending.wait_blocking();
             if let Err(e) = wrote {
@@ -320,7 +338,7 @@ impl Store {
             }
             Ok(committed)
         } else {
-            blobs.put_durable_blocking(&key, parts)?;
+            make_durable()?;
             let (pending, fate) = self.queue_blocking(site, info, key, size as i64)?;
             fate.report(true);
             Ok(pending.wait_blocking())
