@@ -30,6 +30,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_attachments.sql")),
     (6, include_str!("../migrations/0006_explain_key.sql")),
     (7, include_str!("../migrations/0007_study_order.sql")),
+    (
+        8,
+        include_str!("../migrations/0008_drop_studies_updated.sql"),
+    ),
 ];
 
 impl Db {
