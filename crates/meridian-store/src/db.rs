@@ -20,6 +20,9 @@ pub(crate) struct Db {
 
 /// How often the WAL is checkpointed in the background (SQLite).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// WAL frames (4 KiB pages: 64 MiB) past which a checkpoint also starts the
+/// WAL over.
+const WAL_RESTART_FRAMES: i64 = 16_384;
 
 /// Migrations, in order. Each is portable SQL run in one transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -99,10 +102,33 @@ impl Db {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match pool.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+                let passive: Result<(i64, i64, i64), _> =
+                    sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                        .fetch_one(&pool)
+                        .await;
+                // While commits keep coming, a passive checkpoint can go on
+                // missing the last frames, and the WAL is only started over
+                // once one has copied them all: under sustained ingest it
+                // grew past 220 MB in 20 s. Past `WAL_RESTART_FRAMES` a
+                // RESTART checkpoint copies what is left (little, after the
+                // passive one) while holding writers back a moment, so the
+                // next commit writes from the start of the WAL again.
+                let restart = match passive {
                     Err(sqlx::Error::PoolClosed) => return,
-                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
-                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                        false
+                    }
+                    Ok((_, log, _)) => log > WAL_RESTART_FRAMES,
+                };
+                if restart {
+                    match restart_wal(&pool).await {
+                        Err(sqlx::Error::PoolClosed) => return,
+                        Err(e) => {
+                            tracing::info!(error = %e, "WAL restart checkpoint not done; will retry")
+                        }
+                        Ok(()) => {}
+                    }
                 }
             }
         });
@@ -137,6 +163,20 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// A RESTART checkpoint on a connection that waits at most 100 ms for
+/// readers: new writers wait while it is pending, so a long reader (an fsck,
+/// an export) makes it give up quickly rather than hold ingest back.
+async fn restart_wal(pool: &AnyPool) -> Result<(), sqlx::Error> {
+    let mut c = pool.acquire().await?;
+    c.execute("PRAGMA busy_timeout = 100").await?;
+    let done = c.execute("PRAGMA wal_checkpoint(RESTART)").await;
+    if c.execute("PRAGMA busy_timeout = 10000").await.is_err() {
+        // Never hand a connection with the short timeout back to the pool.
+        drop(c.detach());
+    }
+    done.map(|_| ())
 }
 
 /// Splits a migration into statements (no semicolons inside literals in our SQL).
