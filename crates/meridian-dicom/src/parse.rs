@@ -241,6 +241,23 @@ pub fn parse_header(
     parse_dataset_with(data, ts_uid, limits, false)
 }
 
+/// A transfer syntax's entry, the encoding the scanner needs, and whether
+/// the data set is deflated.
+fn syntax(
+    ts_uid: &str,
+) -> Result<(&'static dicom_encoding::TransferSyntax, Encoding, bool), ParseError> {
+    let ts_uid = ts_uid.trim_end_matches(['\0', ' ']);
+    let ts = TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| ParseError::UnsupportedTransferSyntax(ts_uid.to_owned()))?;
+    let enc = Encoding {
+        explicit_vr: ts_uid != "1.2.840.10008.1.2",
+        big_endian: ts.endianness() == dicom_encoding::transfer_syntax::Endianness::Big,
+    };
+    let deflated = matches!(ts.codec(), dicom_encoding::Codec::Dataset(_));
+    Ok((ts, enc, deflated))
+}
+
 fn parse_dataset_with(
     data: &[u8],
     ts_uid: &str,
@@ -250,21 +267,13 @@ fn parse_dataset_with(
     if data.len() > limits.max_object {
         return Err(ParseError::TooLarge(data.len(), limits.max_object));
     }
-    let ts_uid = ts_uid.trim_end_matches(['\0', ' ']);
-    let ts = TransferSyntaxRegistry
-        .get(ts_uid)
-        .ok_or_else(|| ParseError::UnsupportedTransferSyntax(ts_uid.to_owned()))?;
-    let deflated = matches!(ts.codec(), dicom_encoding::Codec::Dataset(_));
+    let (ts, enc, deflated) = syntax(ts_uid)?;
     let inflated: Cow<[u8]>;
     let body: &[u8] = if deflated {
         inflated = Cow::Owned(inflate_bounded(data, limits.max_object)?);
         &inflated
     } else {
         data
-    };
-    let enc = Encoding {
-        explicit_vr: ts_uid != "1.2.840.10008.1.2",
-        big_endian: ts.endianness() == dicom_encoding::transfer_syntax::Endianness::Big,
     };
     let info = scan::scan_dataset(body, enc, limits.max_element)?;
     let body = match info.pixel_data_offset {
@@ -285,23 +294,38 @@ fn parse_dataset_with(
 
 /// The instance's facts from the first bytes of a data set still arriving
 /// (`prefix`, in transfer syntax `ts_uid`), once everything before Pixel
-/// Data is there; `None` before that, for a deflated data set, or when the
-/// header is not acceptable (the complete data set then gets the real error).
-/// Lets a receiver name and start the instance's file early; the complete
-/// data set is parsed again before anything is kept.
-pub fn peek_info(prefix: &[u8], ts_uid: &str, limits: &Limits) -> Option<InstanceInfo> {
-    let ts_uid = ts_uid.trim_end_matches(['\0', ' ']);
-    let ts = TransferSyntaxRegistry.get(ts_uid)?;
-    if matches!(ts.codec(), dicom_encoding::Codec::Dataset(_)) {
+/// Data is there, with the offset of Pixel Data; `None` before that, for a
+/// deflated data set, or when the header is not acceptable (the complete
+/// data set then gets the real error). Lets a receiver name and start the
+/// instance's file early; [`scan_whole`] checks the complete data set.
+pub fn peek_info(prefix: &[u8], ts_uid: &str, limits: &Limits) -> Option<(InstanceInfo, usize)> {
+    let (ts, enc, deflated) = syntax(ts_uid).ok()?;
+    if deflated {
         return None;
     }
-    let enc = Encoding {
-        explicit_vr: ts_uid != "1.2.840.10008.1.2",
-        big_endian: ts.endianness() == dicom_encoding::transfer_syntax::Endianness::Big,
-    };
     let off = scan::pixel_data_in_prefix(prefix, enc, limits.max_element)?;
     let obj = InMemDicomObject::read_dataset_with_ts(&prefix[..off], ts).ok()?;
-    extract(&obj, ts_uid).ok()
+    Some((
+        extract(&obj, ts_uid.trim_end_matches(['\0', ' '])).ok()?,
+        off,
+    ))
+}
+
+/// The checks [`parse_header`] makes of a complete, not deflated data set
+/// before decoding its header (size limit, every element's structure),
+/// returning the offset of Pixel Data. When it equals the offset
+/// [`peek_info`] found in a prefix of the same bytes, the header is those
+/// same bytes and the peeked facts are the data set's: it need not be
+/// decoded again.
+pub fn scan_whole(data: &[u8], ts_uid: &str, limits: &Limits) -> Result<Option<usize>, ParseError> {
+    if data.len() > limits.max_object {
+        return Err(ParseError::TooLarge(data.len(), limits.max_object));
+    }
+    let (_, enc, deflated) = syntax(ts_uid)?;
+    if deflated {
+        return Ok(None);
+    }
+    Ok(scan::scan_dataset(data, enc, limits.max_element)?.pixel_data_offset)
 }
 
 fn inflate_bounded(data: &[u8], max: usize) -> Result<Vec<u8>, ParseError> {

@@ -104,7 +104,7 @@ fn ct_extracts_index_attributes() {
 /// is whole it answers for every parsable file with pixel data.
 #[test]
 fn peeking_at_a_prefix_agrees_with_the_whole_data_set() {
-    use meridian_dicom::parse::{peek_info, split_part10};
+    use meridian_dicom::parse::{peek_info, scan_whole, split_part10};
     let limits = Limits::default();
     let mut peeked_whole = 0;
     for f in corpus() {
@@ -130,8 +130,15 @@ fn peeking_at_a_prefix_agrees_with_the_whole_data_set() {
                 .filter(|c| *c < data.len()),
         );
         for cut in cuts {
-            if let Some(p) = peek_info(&data[..cut], &p10.transfer_syntax, &limits) {
+            if let Some((p, off)) = peek_info(&data[..cut], &p10.transfer_syntax, &limits) {
                 assert_eq!(facts(&p), facts(&full), "{} cut at {cut}", f.display());
+                // The whole data set's scan finds Pixel Data where the peek did.
+                assert_eq!(
+                    scan_whole(data, &p10.transfer_syntax, &limits).ok(),
+                    Some(Some(off)),
+                    "{} cut at {cut}",
+                    f.display()
+                );
                 if cut == data.len() {
                     peeked_whole += 1;
                 }

@@ -13,21 +13,20 @@ use tokio::sync::Semaphore;
 
 use crate::{Blobs, Committed, Store, StoreError, StoreOutcome};
 
+fn counter(name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric");
+    prometheus::register(Box::new(c.clone())).ok();
+    c
+}
+
 static RECEIVED: LazyLock<IntCounter> = LazyLock::new(|| {
-    let c = IntCounter::new(
+    counter(
         "meridian_instances_received_total",
         "Instances stored (new, duplicate or replaced)",
     )
-    .expect("metric");
-    prometheus::register(Box::new(c.clone())).ok();
-    c
 });
-static BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
-    let c = IntCounter::new("meridian_bytes_received_total", "Bytes of instances stored")
-        .expect("metric");
-    prometheus::register(Box::new(c.clone())).ok();
-    c
-});
+static BYTES: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("meridian_bytes_received_total", "Bytes of instances stored"));
 static FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     let c = IntCounterVec::new(
         Opts::new(
@@ -41,13 +40,10 @@ static FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     c
 });
 static STREAMED: LazyLock<IntCounter> = LazyLock::new(|| {
-    let c = IntCounter::new(
+    counter(
         "meridian_instances_streamed_total",
         "Instances whose file was written while they arrived (DIMSE C-STORE on an association with few others open)",
     )
-    .expect("metric");
-    prometheus::register(Box::new(c.clone())).ok();
-    c
 });
 static LATENCY: LazyLock<Histogram> = LazyLock::new(|| {
     let h = Histogram::with_opts(
@@ -187,10 +183,11 @@ fn parse_input(
 /// is named from the header as soon as the bytes before Pixel Data are in
 /// ([`parse::peek_info`]), then each fragment is appended as it comes.
 /// Nothing is kept on the strength of that: [`Ingest::ingest_streamed`]
-/// parses and checks the complete data set as for any instance, and uses
-/// the file only if it holds exactly that data set under the key and meta
-/// group the complete parse gives. A stream dropped unfinished (refused
-/// data set, aborted association, failed write) removes its file.
+/// checks the complete data set as for any instance ([`parse::scan_whole`])
+/// and uses the file only if it holds all of it and Pixel Data is where the
+/// header was read (so the header read early is the data set's); otherwise
+/// the data set takes the ordinary path. A stream dropped unfinished
+/// (refused data set, aborted association, failed write) removes its file.
 pub struct Stream {
     blobs: Blobs,
     limits: Limits,
@@ -213,6 +210,8 @@ struct Streamed {
     file: std::fs::File,
     info: InstanceInfo,
     head: Vec<u8>,
+    /// Offset of Pixel Data in the data set: the header ends there.
+    pixel_data: usize,
     /// Data set bytes written after `head`.
     written: usize,
     /// Data set bytes whose writeback has been started.
@@ -250,7 +249,9 @@ impl Stream {
         }
         let Some(o) = self.open.as_mut() else { return };
         use std::io::Write;
-        if o.file.write_all(&all[o.written..]).is_err() {
+        // `all` only grows; a shorter one would be a caller's bug: give up.
+        let fresh = all.get(o.written..);
+        if fresh.is_none_or(|b| o.file.write_all(b).is_err()) {
             self.abandon();
             return;
         }
@@ -267,7 +268,8 @@ impl Stream {
 
     /// Opens the file once the header is in: `Ok(false)` not yet.
     fn start(&mut self, all: &[u8]) -> Result<bool, ()> {
-        let Some(info) = parse::peek_info(all, &self.transfer_syntax, &self.limits) else {
+        let Some((info, pixel_data)) = parse::peek_info(all, &self.transfer_syntax, &self.limits)
+        else {
             return Ok(false);
         };
         let trim = |s: &str| s.trim_end_matches(['\0', ' ']).to_owned();
@@ -291,6 +293,7 @@ impl Stream {
             file,
             info,
             head,
+            pixel_data,
             written: 0,
             kicked: 0,
         });
@@ -305,22 +308,22 @@ impl Stream {
         self.off = true;
     }
 
-    /// The file, if it holds exactly `head` + `body` for the instance `info`.
-    fn take_if_matches(
-        &mut self,
-        info: &InstanceInfo,
-        head: &[u8],
-        body: &[u8],
-    ) -> Option<Streamed> {
-        let o = self.open.as_ref()?;
-        let same = o.written == body.len()
-            && o.head == head
-            && o.info.study_uid == info.study_uid
-            && o.info.series_uid == info.series_uid
-            && o.info.sop_instance_uid == info.sop_instance_uid
-            && o.info.sop_class_uid == info.sop_class_uid
-            && o.info.transfer_syntax == info.transfer_syntax;
-        if same { self.open.take() } else { None }
+    /// The file, with the facts read from its header, if it holds the whole
+    /// data set `data` and the complete scan (which refuses what the ordinary
+    /// parse refuses) finds Pixel Data where the header was read.
+    fn take_if_whole(&mut self, data: &[u8]) -> Result<Option<Streamed>, ParseError> {
+        let Some(o) = self.open.as_ref() else {
+            return Ok(None);
+        };
+        if o.written != data.len() {
+            return Ok(None);
+        }
+        let at = parse::scan_whole(data, &self.transfer_syntax, &self.limits)?;
+        Ok(if at == Some(o.pixel_data) {
+            self.open.take()
+        } else {
+            None
+        })
     }
 }
 
@@ -442,6 +445,35 @@ impl Ingest {
         // same thread waits for the commit.
         let (info, committed, len) = tokio::task::spawn_blocking(
             move || -> Result<(InstanceInfo, Committed, usize), IngestError> {
+                // A data set streamed to its file had its header read (and
+                // its file named, and its command and SOP class checked) while
+                // it arrived: only the complete data set's structure is left
+                // to check, not its header to decode again.
+                let streamed = match (&input, stream.as_mut()) {
+                    (Input::Dataset { data, .. }, Some(s)) => s.take_if_whole(data),
+                    _ => Ok(None),
+                };
+                // A stream not taken removes its file here.
+                drop(stream);
+                if let Some(Streamed {
+                    key,
+                    file,
+                    info,
+                    head,
+                    written,
+                    ..
+                }) = streamed?
+                {
+                    drop(permit);
+                    STREAMED.inc();
+                    let len = head.len() + written;
+                    let blobs = store.blobs();
+                    let k = key.clone();
+                    let committed = store.put_with(&site, info.clone(), key, len, move || {
+                        blobs.finish_blocking(&k, file)
+                    })?;
+                    return Ok((info, committed, len));
+                }
                 let parsed = parse_input(input, &limits);
                 // The permit bounds parsing (CPU and memory); waiting on the
                 // disk below does not hold it.
@@ -451,25 +483,8 @@ impl Ingest {
                     return Err(IngestError::NotStorage(info.sop_class_uid));
                 }
                 let len = head.len() + body.len();
-                let streamed = stream
-                    .as_mut()
-                    .and_then(|s| s.take_if_matches(&info, &head, &body));
-                // A stream not taken removes its file here.
-                drop(stream);
-                let committed = match streamed {
-                    Some(Streamed { key, file, .. }) => {
-                        STREAMED.inc();
-                        let blobs = store.blobs();
-                        let k = key.clone();
-                        store.put_with(&site, info.clone(), key, len, move || {
-                            blobs.finish_blocking(&k, file)
-                        })?
-                    }
-                    None => {
-                        let key = Store::new_key(&info)?;
-                        store.put_blocking(&site, info.clone(), key, &[&head, &body])?
-                    }
-                };
+                let key = Store::new_key(&info)?;
+                let committed = store.put_blocking(&site, info.clone(), key, &[&head, &body])?;
                 Ok((info, committed, len))
             },
         )
