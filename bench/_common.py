@@ -282,12 +282,29 @@ class Orthanc:
         stop(self.proc, timeout=60)
 
 
+def durable_storescp_lib() -> Path:
+    """Builds bench/durable-storescp.c into the work directory (when the source is newer)."""
+    src = Path(__file__).resolve().parent / "durable-storescp.c"
+    lib = WORK / "durable-storescp.so"
+    if not lib.exists() or lib.stat().st_mtime < src.stat().st_mtime:
+        WORK.mkdir(parents=True, exist_ok=True)
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            sys.exit("storescp-durable needs a C compiler (cc) to build bench/durable-storescp.c")
+        subprocess.run([cc, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"],
+                       check=True)
+    return lib
+
+
 class StoreSCP:
     name = "storescp"
 
-    def __init__(self, out_dir: Path | None, log_dir: Path, aet: str = "STORESCP"):
+    def __init__(self, out_dir: Path | None, log_dir: Path, aet: str = "STORESCP",
+                 durable: bool = False):
         """Writes every file to `out_dir`; with `out_dir=None` it runs with --ignore
-        (receives everything, stores nothing) and logs each store (-v)."""
+        (receives everything, stores nothing) and logs each store (-v). `durable`
+        preloads bench/durable-storescp.c: each file is fsynced, then its directory,
+        then a 4 KiB journal record is appended and fdatasynced, before the response."""
         self.dicom_port = free_port()
         self.aet = aet
         self.out_dir = out_dir
@@ -297,9 +314,14 @@ class StoreSCP:
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
             store = ["-od", str(out_dir)]
+        env = None
+        if durable:
+            if out_dir is None:
+                raise ValueError("a durable storescp needs an output directory")
+            env = {"LD_PRELOAD": str(durable_storescp_lib()), "DURABLE_DIR": str(out_dir)}
         # --fork: one child per association, so 8 concurrent associations are served at once.
         self.proc = spawn([STORESCP, "--fork", "-dhl", "-pdu", str(MAX_PDU), "-aet", self.aet, *store,
-                           str(self.dicom_port)], self.log_path)
+                           str(self.dicom_port)], self.log_path, env=env)
         wait_tcp(self.dicom_port, self.proc, self.log_path)
 
     @property
