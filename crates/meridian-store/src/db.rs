@@ -39,6 +39,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+/// The file of a `sqlite:` URL (`None` for another database or an
+/// in-memory one).
+pub(crate) fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && path != ":memory:").then(|| path.into())
+}
+
 impl Db {
     pub async fn connect(url: &str) -> Result<Db, StoreError> {
         install_default_drivers();

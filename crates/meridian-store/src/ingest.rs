@@ -11,7 +11,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
-use crate::{Blobs, Committed, Store, StoreError, StoreOutcome};
+use crate::{Blobs, PendingIndex, Store, StoreError, StoreOutcome};
 
 fn counter(name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("metric");
@@ -441,10 +441,10 @@ impl Ingest {
         let store = self.store.clone();
         let site = site.to_owned();
         // One blocking hop: bounded parse; the index row goes to the writer
-        // (which stages it) while the file is written and fsynced; then the
-        // same thread waits for the commit.
-        let (info, committed, len) = tokio::task::spawn_blocking(
-            move || -> Result<(InstanceInfo, Committed, usize), IngestError> {
+        // (which stages it) while the file is written and fsynced; then this
+        // task waits for the commit.
+        let (info, pending, len) = tokio::task::spawn_blocking(
+            move || -> Result<(InstanceInfo, PendingIndex, usize), IngestError> {
                 // A data set streamed to its file had its header read (and
                 // its file named, and its command and SOP class checked) while
                 // it arrived: only the complete data set's structure is left
@@ -469,10 +469,10 @@ impl Ingest {
                     let len = head.len() + written;
                     let blobs = store.blobs();
                     let k = key.clone();
-                    let committed = store.put_with(&site, info.clone(), key, len, move || {
+                    let pending = store.put_with(&site, info.clone(), key, len, move || {
                         blobs.finish_blocking(&k, file)
                     })?;
-                    return Ok((info, committed, len));
+                    return Ok((info, pending, len));
                 }
                 let parsed = parse_input(input, &limits);
                 // The permit bounds parsing (CPU and memory); waiting on the
@@ -484,14 +484,14 @@ impl Ingest {
                 }
                 let len = head.len() + body.len();
                 let key = Store::new_key(&info)?;
-                let committed = store.put_blocking(&site, info.clone(), key, &[&head, &body])?;
-                Ok((info, committed, len))
+                let pending = store.put_blocking(&site, info.clone(), key, &[&head, &body])?;
+                Ok((info, pending, len))
             },
         )
         .await
         .map_err(|_| IngestError::Busy)??;
         // A failed file leaves no row; the outcome also removes what was written.
-        let outcome = committed.outcome().await?;
+        let outcome = pending.committed().await.outcome().await?;
         BYTES.inc_by(len as u64);
         Ok((info, outcome))
     }

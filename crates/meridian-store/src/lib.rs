@@ -41,6 +41,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("database error (index writer): {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("object store error: {0}")]
     Blob(#[from] object_store::Error),
     #[error("I/O error: {0}")]
@@ -109,18 +111,26 @@ pub const PIPELINE_MAX: usize = 8 << 20;
 const SWEEP_BATCH: i64 = 100;
 const SWEEP_BATCHES: usize = 5;
 
-/// An index row handed to the writer; [`PendingIndex::wait_blocking`] waits for its commit.
+/// An index row handed to the writer, its file written (or failed);
+/// [`PendingIndex::committed`] waits for the writer's answer.
 pub struct PendingIndex {
     store: Store,
     key: String,
     rx: oneshot::Receiver<Result<writer::Written, StoreError>>,
+    /// The file's own error, reported instead of the writer's answer.
+    file_error: Option<StoreError>,
 }
 
 impl PendingIndex {
-    /// Waits for the commit on a blocking thread (one wake-up fewer for the
-    /// caller than returning to async code and awaiting there).
-    pub fn wait_blocking(self) -> Committed {
-        let res = self.rx.blocking_recv().map_err(|_| StoreError::Closed);
+    /// Waits for the commit. Awaited in async code, not on the blocking
+    /// thread that made the file durable: that thread is free as soon as the
+    /// file is, and the commit's answer wakes the waiting task directly.
+    pub async fn committed(self) -> Committed {
+        let res = match self.file_error {
+            // No row was committed; report the write's own error.
+            Some(e) => Ok(Err(e)),
+            None => self.rx.await.map_err(|_| StoreError::Closed),
+        };
         Committed {
             store: self.store,
             key: self.key,
@@ -242,7 +252,12 @@ impl Store {
         db.spawn_checkpoints();
         let blobs = Blobs::local(&cfg.data_dir.join("objects"), cfg.fsync)?;
         let (tx, rx) = mpsc::channel(4096);
-        writer::start(db.clone(), rx, cfg.duplicate_policy)?;
+        writer::start(
+            db.clone(),
+            db::sqlite_file(&url).as_deref(),
+            rx,
+            cfg.duplicate_policy,
+        )?;
         let (events, _) = broadcast::channel(1024);
         let (atx, arx) = mpsc::channel(4096);
         tokio::spawn(audit::run(db.clone(), arx));
@@ -284,6 +299,8 @@ impl Store {
         tokio::task::spawn_blocking(move || store.put_blocking(&site, info, key, &[&file]))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??
+            .committed()
+            .await
             .outcome()
             .await
     }
@@ -294,8 +311,8 @@ impl Store {
     }
 
     /// From a blocking thread: writes `parts` durably as the file of `key`
-    /// and commits the instance's index row, waiting for the commit (the
-    /// caller then tidies up with [`Committed::outcome`]). The row of an
+    /// and hands the instance's index row to the writer (the caller awaits
+    /// [`PendingIndex::committed`], then tidies up with [`Committed::outcome`]). The row of an
     /// object up to [`PIPELINE_MAX`] is handed to the writer before the file
     /// is written, so its statements overlap the fsync; a larger object is
     /// made durable first, so the writer never holds a transaction open for
@@ -306,7 +323,7 @@ impl Store {
         info: InstanceInfo,
         key: String,
         parts: &[&[u8]],
-    ) -> Result<Committed, StoreError> {
+    ) -> Result<PendingIndex, StoreError> {
         let size: usize = parts.iter().map(|p| p.len()).sum();
         let blobs = &self.inner.blobs;
         let k = key.clone();
@@ -326,22 +343,18 @@ impl Store {
         key: String,
         size: usize,
         make_durable: impl FnOnce() -> Result<(), StoreError>,
-    ) -> Result<Committed, StoreError> {
+    ) -> Result<PendingIndex, StoreError> {
         if size <= PIPELINE_MAX {
-            let (pending, fate) = self.queue_blocking(site, info, key, size as i64)?;
+            let (mut pending, fate) = self.queue_blocking(site, info, key, size as i64)?;
             let wrote = make_durable();
             fate.report(wrote.is_ok());
-            let mut committed = pending.wait_blocking();
-            if let Err(e) = wrote {
-                // No row was committed; report the write's own error.
-                committed.res = Ok(Err(e));
-            }
-            Ok(committed)
+            pending.file_error = wrote.err();
+            Ok(pending)
         } else {
             make_durable()?;
             let (pending, fate) = self.queue_blocking(site, info, key, size as i64)?;
             fate.report(true);
-            Ok(pending.wait_blocking())
+            Ok(pending)
         }
     }
 
@@ -374,6 +387,7 @@ impl Store {
             store: self.clone(),
             key,
             rx,
+            file_error: None,
         };
         Ok((pending, FileFate(fate)))
     }

@@ -667,11 +667,11 @@ async fn mixed_groups_commit_like_single_stores() {
         let key = Store::new_key(&i).unwrap();
         let (pending, fate) = st.queue_blocking("site-a", i, key, 1).unwrap();
         fate.report(false);
-        pending.wait_blocking()
+        pending
     })
     .await
     .unwrap();
-    assert!(failing.outcome().await.is_err());
+    assert!(failing.committed().await.outcome().await.is_err());
     for (what, t) in tasks {
         let r = t.await.unwrap();
         match what {

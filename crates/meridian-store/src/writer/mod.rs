@@ -8,13 +8,21 @@
 //! every file in the group is durable, and only then commits. A file that
 //! fails takes its row out of the group (the group is rolled back and
 //! written again without it), so no committed row ever lacks its file.
+//!
+//! On SQLite the common group (new instances of studies of the sending
+//! site) is written by [`sqlite::Conn`], on a connection the writer's thread
+//! owns; everything else, and every group on PostgreSQL, through sqlx.
 
+mod sqlite;
+
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 use meridian_dicom::InstanceInfo;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{Db, DbKind};
+use crate::db::Db;
 use crate::{DuplicatePolicy, StoreError, now_ms};
 
 /// Whether the instance's file became durable (sent by the thread writing it).
@@ -49,22 +57,30 @@ const ROWS_PER_STATEMENT: usize = 128;
 
 /// Starts the writer on a thread of its own (a single-threaded runtime), so
 /// its turns at the database do not queue behind the associations' tasks on
-/// a busy machine: every statement is a hop to the database and back.
+/// a busy machine. `sqlite_file` (the SQLite index) gives the writer its own
+/// connection for the common group.
 pub(crate) fn start(
     db: Db,
+    sqlite_file: Option<&Path>,
     rx: mpsc::Receiver<Job>,
     policy: DuplicatePolicy,
 ) -> Result<(), StoreError> {
+    let fast = sqlite_file.map(sqlite::Conn::open).transpose()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     std::thread::Builder::new()
         .name("meridian-index-writer".into())
-        .spawn(move || rt.block_on(run(db, rx, policy)))?;
+        .spawn(move || rt.block_on(run(db, fast, rx, policy)))?;
     Ok(())
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<Job>, policy: DuplicatePolicy) {
+async fn run(
+    db: Db,
+    mut fast: Option<sqlite::Conn>,
+    mut rx: mpsc::Receiver<Job>,
+    policy: DuplicatePolicy,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -74,8 +90,21 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>, policy: DuplicatePolicy) {
                 Err(_) => break,
             }
         }
-        let jobs = std::mem::take(&mut batch);
-        write_group(&db, jobs, policy).await;
+        let mut jobs = std::mem::take(&mut batch);
+        let mut fates = Fates(vec![None; jobs.len()]);
+        if let Some(conn) = fast.as_mut()
+            && let Some(results) = conn.write(&mut jobs, &mut fates).await
+        {
+            reply(jobs, results);
+            continue;
+        }
+        write_group(&db, jobs, fates, policy).await;
+    }
+}
+
+fn reply(jobs: Vec<Job>, results: Vec<Result<Written, StoreError>>) {
+    for (job, r) in jobs.into_iter().zip(results) {
+        let _ = job.reply.send(r);
     }
 }
 
@@ -93,15 +122,12 @@ impl Fates {
     }
 }
 
-async fn write_group(db: &Db, mut jobs: Vec<Job>, policy: DuplicatePolicy) {
-    let mut fates = Fates(vec![None; jobs.len()]);
+/// The general path: any group, on either database (`fates` may already
+/// hold some files' outcomes).
+async fn write_group(db: &Db, mut jobs: Vec<Job>, mut fates: Fates, policy: DuplicatePolicy) {
     let staged = stage_and_commit(db, &mut jobs, &mut fates, policy).await;
     match staged {
-        Ok(results) => {
-            for (job, r) in jobs.into_iter().zip(results) {
-                let _ = job.reply.send(r);
-            }
-        }
+        Ok(results) => reply(jobs, results),
         Err(e) => {
             // The group failed as a whole: write each durable job on its own
             // so one bad row does not fail its neighbours.
@@ -164,10 +190,6 @@ async fn commit_alone(db: &Db, job: &Job, policy: DuplicatePolicy) -> Result<Wri
 
 fn int(info: &InstanceInfo, tag: u32) -> Option<i64> {
     info.get(tag).and_then(|v| v.parse().ok())
-}
-
-fn s(info: &InstanceInfo, tag: u32) -> Option<String> {
-    info.get(tag).map(str::to_owned)
 }
 
 /// Lower-cased name components, delimited by `^` on both sides, for fuzzy matching.
@@ -285,12 +307,7 @@ async fn begin_and_stage(
     policy: DuplicatePolicy,
 ) -> Result<(sqlx::Transaction<'static, sqlx::Any>, Vec<Written>), StoreError> {
     let mut tx = db.begin_write().await?;
-    let first_try = if db.kind == DbKind::Sqlite {
-        stage_sqlite(&mut tx, jobs, pick, now).await?
-    } else {
-        stage(&mut tx, jobs, pick, now, policy, Owners::Assume).await?
-    };
-    if let Some(w) = first_try {
+    if let Some(w) = stage(&mut tx, jobs, pick, now, policy, Owners::Assume).await? {
         return Ok((tx, w));
     }
     tx.rollback().await?;
@@ -368,147 +385,111 @@ const UPSERT_STUDY_RECOUNT: &str = upsert_study!(
 
 type Q<'q, O> = sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments>;
 
+/// A statement parameter, bound through sqlx or rusqlite alike.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Param<'a> {
+    Text(Option<Cow<'a, str>>),
+    Int(Option<i64>),
+}
+
+fn text(v: &str) -> Param<'_> {
+    Param::Text(Some(Cow::Borrowed(v)))
+}
+
+/// An element's value as text, NULL when absent.
+fn tag_text(info: &InstanceInfo, tag: u32) -> Param<'_> {
+    Param::Text(info.get(tag).map(Cow::Borrowed))
+}
+
+fn tag_int(info: &InstanceInfo, tag: u32) -> Param<'static> {
+    Param::Int(int(info, tag))
+}
+
+/// Binds `params` in order (`$1`, `$2`, … after those already bound).
+fn bind<'q, O>(mut q: Q<'q, O>, params: Vec<Param<'q>>) -> Q<'q, O> {
+    for p in params {
+        q = match p {
+            Param::Text(Some(Cow::Borrowed(v))) => q.bind(v),
+            Param::Text(Some(Cow::Owned(v))) => q.bind(v),
+            Param::Text(None) => q.bind(None::<String>),
+            Param::Int(v) => q.bind(v),
+        };
+    }
+    q
+}
+
 /// Instance row parameters ($1..$13 of an `INSERT_INSTANCES` row).
-fn bind_instance<'q, O>(q: Q<'q, O>, job: &'q Job, now: i64) -> Q<'q, O> {
+fn instance_params(job: &Job, now: i64) -> Vec<Param<'_>> {
     let i = &job.info;
-    q.bind(&i.sop_instance_uid)
-        .bind(&i.series_uid)
-        .bind(&i.study_uid)
-        .bind(&i.sop_class_uid)
-        .bind(int(i, 0x0020_0013))
-        .bind(int(i, 0x0028_0010))
-        .bind(int(i, 0x0028_0011))
-        .bind(int(i, 0x0028_0008).or(Some(1)))
-        .bind(int(i, 0x0028_0100))
-        .bind(&i.transfer_syntax)
-        .bind(&job.key)
-        .bind(job.size)
-        .bind(now)
+    vec![
+        text(&i.sop_instance_uid),
+        text(&i.series_uid),
+        text(&i.study_uid),
+        text(&i.sop_class_uid),
+        tag_int(i, 0x0020_0013),
+        tag_int(i, 0x0028_0010),
+        tag_int(i, 0x0028_0011),
+        Param::Int(int(i, 0x0028_0008).or(Some(1))),
+        tag_int(i, 0x0028_0100),
+        text(&i.transfer_syntax),
+        text(&job.key),
+        Param::Int(Some(job.size)),
+        Param::Int(Some(now)),
+    ]
 }
 
 /// Series upsert parameters ($1..$10 of `UPSERT_SERIES`).
-fn bind_series<'q, O>(
-    q: Q<'q, O>,
-    uid: &'q str,
-    i: &'q InstanceInfo,
-    now: i64,
-    count: i64,
-) -> Q<'q, O> {
-    q.bind(uid)
-        .bind(&i.study_uid)
-        .bind(s(i, 0x0008_0060))
-        .bind(int(i, 0x0020_0011))
-        .bind(s(i, 0x0008_103E))
-        .bind(s(i, 0x0018_0015))
-        .bind(s(i, 0x0008_0021))
-        .bind(s(i, 0x0040_0244))
-        .bind(now)
-        .bind(count)
+fn series_params<'a>(uid: &'a str, i: &'a InstanceInfo, now: i64, count: i64) -> Vec<Param<'a>> {
+    vec![
+        text(uid),
+        text(&i.study_uid),
+        tag_text(i, 0x0008_0060),
+        tag_int(i, 0x0020_0011),
+        tag_text(i, 0x0008_103E),
+        tag_text(i, 0x0018_0015),
+        tag_text(i, 0x0008_0021),
+        tag_text(i, 0x0040_0244),
+        Param::Int(Some(now)),
+        Param::Int(Some(count)),
+    ]
 }
 
 /// Study upsert parameters ($1..$19 of `UPSERT_STUDY` / `UPSERT_STUDY_RECOUNT`).
-fn bind_study<'q, O>(
-    q: Q<'q, O>,
-    job: &'q Job,
+fn study_params<'a>(
+    job: &'a Job,
     modality: &str,
     now: i64,
     new_series: i64,
     count: i64,
-) -> Q<'q, O> {
+) -> Vec<Param<'a>> {
     let i = &job.info;
-    let name = s(i, 0x0010_0010);
     let (mods, pattern) = if modality.is_empty() {
         (String::new(), "%".to_owned())
     } else {
         (format!("{modality}/"), format!("%/{modality}/%"))
     };
-    q.bind(&i.study_uid)
-        .bind(name.clone())
-        .bind(name.as_deref().map(fuzzy_name))
-        .bind(s(i, 0x0010_0020))
-        .bind(s(i, 0x0010_0021))
-        .bind(s(i, 0x0010_0030))
-        .bind(s(i, 0x0010_0040))
-        .bind(s(i, 0x0008_0020))
-        .bind(s(i, 0x0008_0030))
-        .bind(s(i, 0x0008_0050))
-        .bind(s(i, 0x0008_1030))
-        .bind(s(i, 0x0008_0090))
-        .bind(s(i, 0x0020_0010))
-        .bind(now)
-        .bind(mods)
-        .bind(new_series)
-        .bind(pattern)
-        .bind(&job.site)
-        .bind(count)
-}
-
-/// The SQLite path for the common group (new instances of studies of the
-/// sending site): every row in one multi-statement command sharing one
-/// parameter list, so a group costs three round trips to the database
-/// thread (begin, this, commit) whatever its size and number of series.
-/// Counts assume every instance is new and every study is the sender's; the
-/// rows returned check both, and `None` sends the group to the general path
-/// (after a rollback). Series counts per study are recounted from the series
-/// table (exact under SQLite's single writer).
-async fn stage_sqlite(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    jobs: &[Job],
-    pick: &[usize],
-    now: i64,
-) -> Result<Option<Vec<Written>>, StoreError> {
-    // In-group re-sends and several sites on one study: the general path.
-    let mut seen: HashSet<&str> = HashSet::new();
-    let mut site_of: HashMap<&str, &str> = HashMap::new();
-    for &k in pick {
-        let i = &jobs[k].info;
-        if !seen.insert(i.sop_instance_uid.as_str())
-            || *site_of
-                .entry(i.study_uid.as_str())
-                .or_insert(jobs[k].site.as_str())
-                != jobs[k].site
-        {
-            return Ok(None);
-        }
-    }
-    // Series counts are recounted in SQL on this path: no new-series count.
-    let g = Groups::of(jobs, pick);
-    let mut sql = String::new();
-    let mut n = 0usize; // parameters so far
-    for chunk in pick.chunks(ROWS_PER_STATEMENT) {
-        sql.push_str(&insert_instances(chunk.len(), n, "'i'"));
-        sql.push_str(";\n");
-        n += chunk.len() * 13;
-    }
-    for _ in &g.series {
-        sql.push_str(&shift_params(UPSERT_SERIES, n));
-        sql.push_str(";\n");
-        n += 10;
-    }
-    for _ in &g.studies {
-        sql.push_str(&shift_params(UPSERT_STUDY_RECOUNT, n));
-        sql.push_str(";\n");
-        n += 19;
-    }
-    // Only `$n` placeholders are formatted into the SQL; every value is bound.
-    let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql));
-    for &k in pick {
-        q = bind_instance(q, &jobs[k], now);
-    }
-    for &(uid, k, count) in &g.series {
-        q = bind_series(q, uid, &jobs[k].info, now, count);
-    }
-    for &(_, modality, k, count, _) in &g.studies {
-        // The series count is recounted in SQL here: parameter $16 is unused.
-        q = bind_study(q, &jobs[k], modality, now, 0, count);
-    }
-    let rows = q.fetch_all(&mut **tx).await?;
-    let inserted = rows.iter().filter(|(t,)| t == "i").count();
-    let studies = rows.iter().filter(|(t,)| t == "t").count();
-    if inserted != pick.len() || studies != g.studies.len() {
-        return Ok(None);
-    }
-    Ok(Some(pick.iter().map(|_| Written::Inserted).collect()))
+    let name = i.get(0x0010_0010);
+    vec![
+        text(&i.study_uid),
+        Param::Text(name.map(Cow::Borrowed)),
+        Param::Text(name.map(|n| Cow::Owned(fuzzy_name(n)))),
+        tag_text(i, 0x0010_0020),
+        tag_text(i, 0x0010_0021),
+        tag_text(i, 0x0010_0030),
+        tag_text(i, 0x0010_0040),
+        tag_text(i, 0x0008_0020),
+        tag_text(i, 0x0008_0030),
+        tag_text(i, 0x0008_0050),
+        tag_text(i, 0x0008_1030),
+        tag_text(i, 0x0008_0090),
+        tag_text(i, 0x0020_0010),
+        Param::Int(Some(now)),
+        Param::Text(Some(Cow::Owned(mods))),
+        Param::Int(Some(new_series)),
+        Param::Text(Some(Cow::Owned(pattern))),
+        text(&job.site),
+        Param::Int(Some(count)),
+    ]
 }
 
 /// A study belongs to the site that sent it first; another site may not add
@@ -586,7 +567,7 @@ async fn stage(
         // Only `$n` placeholders are formatted into the SQL; every value is bound.
         let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql));
         for &p in chunk {
-            q = bind_instance(q, &jobs[pick[p]], now);
+            q = bind(q, instance_params(&jobs[pick[p]], now));
         }
         for (sop,) in q.fetch_all(&mut **tx).await? {
             inserted.insert(sop);
@@ -622,7 +603,7 @@ async fn stage(
     let mut new_series: HashSet<&str> = HashSet::new();
     for &(uid, k, count) in &g.series {
         let q = sqlx::query_as(UPSERT_SERIES_COUNT);
-        let (total,): (i64,) = bind_series(q, uid, &jobs[k].info, now, count)
+        let (total,): (i64,) = bind(q, series_params(uid, &jobs[k].info, now, count))
             .fetch_one(&mut **tx)
             .await?;
         if total == count {
@@ -633,7 +614,7 @@ async fn stage(
     g.count_new_series(jobs, |uid| new_series.contains(uid));
     for &(_, modality, k, count, series) in &g.studies {
         let q = sqlx::query_as(UPSERT_STUDY);
-        let row: Option<(String,)> = bind_study(q, &jobs[k], modality, now, series, count)
+        let row: Option<(String,)> = bind(q, study_params(&jobs[k], modality, now, series, count))
             .fetch_optional(&mut **tx)
             .await?;
         if row.is_none() {
@@ -680,9 +661,20 @@ mod tests {
     use super::*;
 
     fn job(site: &str, study: &str, series: &str, sop: &str, modality: &str) -> Job {
+        job_with_fate(site, study, series, sop, modality, true)
+    }
+
+    fn job_with_fate(
+        site: &str,
+        study: &str,
+        series: &str,
+        sop: &str,
+        modality: &str,
+        durable_file: bool,
+    ) -> Job {
         let (reply, _) = oneshot::channel();
         let (fate, durable) = oneshot::channel();
-        let _ = fate.send(true);
+        let _ = fate.send(durable_file);
         Job {
             site: site.into(),
             info: InstanceInfo {
@@ -706,71 +698,118 @@ mod tests {
         assert_eq!(shift_params("a = $1 || '$'", 2), "a = $3 || '$'");
     }
 
-    /// The common group takes the one-command SQLite path and leaves the same
-    /// rows as the general path would; anything unusual falls back (None).
-    #[tokio::test(flavor = "multi_thread")]
-    async fn sqlite_groups_take_the_one_command_path() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("i.db").display());
+    async fn sqlite_db(dir: &std::path::Path, name: &str) -> (Db, std::path::PathBuf) {
+        let file = dir.join(name);
+        let url = format!("sqlite://{}?mode=rwc", file.display());
         let db = Db::connect(&url).await.expect("db");
         db.migrate().await.expect("migrate");
-        let jobs = vec![
-            job("a", "9.1", "9.1.1", "9.1.1.1", "CT"),
-            job("a", "9.1", "9.1.1", "9.1.1.2", "CT"),
-            job("a", "9.1", "9.1.2", "9.1.2.1", "SR"),
-        ];
-        let mut tx = db.begin_write().await.expect("begin");
-        let w = stage_sqlite(&mut tx, &jobs, &[0, 1, 2], 1)
-            .await
-            .expect("stage");
-        assert!(matches!(
-            w.as_deref(),
-            Some([Written::Inserted, Written::Inserted, Written::Inserted])
-        ));
-        tx.commit().await.expect("commit");
-        // A second group adds to a known series and study.
-        let more = vec![job("a", "9.1", "9.1.1", "9.1.1.3", "CT")];
-        let mut tx = db.begin_write().await.expect("begin");
-        assert!(
-            stage_sqlite(&mut tx, &more, &[0], 2)
+        (db, file)
+    }
+
+    /// What a group left in the index, timestamps aside, a line per row.
+    async fn rows(db: &Db) -> Vec<String> {
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT study_uid || '|' || coalesce(patient_name, '-') || '|' || coalesce(patient_name_fuzzy, '-') || '|' || coalesce(patient_id, '-') || '|' || modalities || '|' || num_series || '|' || num_instances || '|' || coalesce(site_id, '-') FROM studies ORDER BY study_uid",
+            "SELECT series_uid || '|' || study_uid || '|' || coalesce(modality, '-') || '|' || num_instances FROM series ORDER BY series_uid",
+            "SELECT sop_uid || '|' || series_uid || '|' || study_uid || '|' || object_key || '|' || size || '|' || coalesce(frames, -1) FROM instances ORDER BY sop_uid",
+        ] {
+            let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&db.pool).await.expect("rows");
+            out.extend(rows.into_iter().map(|(r,)| r));
+        }
+        out
+    }
+
+    fn inserted(r: &[Result<Written, StoreError>]) -> bool {
+        r.iter().all(|w| matches!(w, Ok(Written::Inserted)))
+    }
+
+    /// The common SQLite group is written on the writer's own connection and
+    /// leaves the rows the general path leaves; anything unusual is handed
+    /// back untouched (None).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sqlite_common_groups_match_the_general_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fast_db, file) = sqlite_db(dir.path(), "fast.db").await;
+        let (general_db, _) = sqlite_db(dir.path(), "general.db").await;
+        let mut conn = sqlite::Conn::open(&file).expect("conn");
+        let groups = || {
+            vec![
+                vec![
+                    job("a", "9.1", "9.1.1", "9.1.1.1", "CT"),
+                    job("a", "9.1", "9.1.1", "9.1.1.2", "CT"),
+                    job("a", "9.1", "9.1.2", "9.1.2.1", "SR"),
+                ],
+                // A known series and study, and a new study.
+                vec![
+                    job("a", "9.1", "9.1.1", "9.1.1.3", "CT"),
+                    job("a", "9.2", "9.2.1", "9.2.1.1", "MR"),
+                ],
+            ]
+        };
+        for mut g in groups() {
+            let mut fates = Fates(vec![None; g.len()]);
+            let r = conn.write(&mut g, &mut fates).await.expect("common path");
+            assert!(inserted(&r), "{r:?}");
+        }
+        for mut g in groups() {
+            let mut fates = Fates(vec![None; g.len()]);
+            let r = stage_and_commit(&general_db, &mut g, &mut fates, DuplicatePolicy::KeepFirst)
                 .await
-                .expect("stage")
-                .is_some()
+                .expect("general path");
+            assert!(inserted(&r), "{r:?}");
+        }
+        let fast = rows(&fast_db).await;
+        assert_eq!(fast, rows(&general_db).await);
+        assert!(
+            fast.iter().any(|r| r.ends_with("|/CT/SR/|2|4|a")),
+            "{fast:?}"
         );
-        tx.commit().await.expect("commit");
-        let row: (i64, i64, String, Option<String>) = sqlx::query_as(
-            "SELECT num_series, num_instances, modalities, site_id FROM studies WHERE study_uid = '9.1'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .expect("study");
-        assert_eq!(row, (2, 4, "/CT/SR/".into(), Some("a".into())));
-        let (n,): (i64,) =
-            sqlx::query_as("SELECT num_instances FROM series WHERE series_uid = '9.1.1'")
+
+        // A re-send, another site's instance, an in-group duplicate: handed
+        // back with nothing written and the files' fates kept.
+        for mut g in [
+            vec![job("a", "9.1", "9.1.1", "9.1.1.1", "CT")],
+            vec![job("b", "9.1", "9.1.3", "9.1.3.1", "CT")],
+            vec![
+                job("a", "9.3", "9.3.1", "9.3.1.1", "CT"),
+                job("a", "9.3", "9.3.1", "9.3.1.1", "CT"),
+            ],
+        ] {
+            let mut fates = Fates(vec![None; g.len()]);
+            assert!(conn.write(&mut g, &mut fates).await.is_none());
+            assert_eq!(rows(&fast_db).await, fast);
+        }
+    }
+
+    /// A file that failed takes its row out of the group; the others commit.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sqlite_common_group_without_a_failed_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, file) = sqlite_db(dir.path(), "i.db").await;
+        let mut conn = sqlite::Conn::open(&file).expect("conn");
+        let mut g = vec![
+            job("a", "9.1", "9.1.1", "9.1.1.1", "CT"),
+            job_with_fate("a", "9.1", "9.1.1", "9.1.1.2", "CT", false),
+            job("a", "9.1", "9.1.2", "9.1.2.1", "CT"),
+        ];
+        let mut fates = Fates(vec![None; g.len()]);
+        let r = conn.write(&mut g, &mut fates).await.expect("common path");
+        assert!(matches!(
+            r.as_slice(),
+            [Ok(Written::Inserted), Err(_), Ok(Written::Inserted)]
+        ));
+        let (series, instances): (i64, i64) =
+            sqlx::query_as("SELECT num_series, num_instances FROM studies WHERE study_uid = '9.1'")
                 .fetch_one(&db.pool)
                 .await
-                .expect("series");
-        assert_eq!(n, 3);
-        // A re-send, another site's instance, an in-group duplicate: fall back.
-        for (group, pick) in [
-            (vec![job("a", "9.1", "9.1.1", "9.1.1.1", "CT")], vec![0]),
-            (vec![job("b", "9.1", "9.1.3", "9.1.3.1", "CT")], vec![0]),
-            (
-                vec![
-                    job("a", "9.2", "9.2.1", "9.2.1.1", "CT"),
-                    job("a", "9.2", "9.2.1", "9.2.1.1", "CT"),
-                ],
-                vec![0, 1],
-            ),
-        ] {
-            let mut tx = db.begin_write().await.expect("begin");
-            assert!(
-                stage_sqlite(&mut tx, &group, &pick, 3)
-                    .await
-                    .expect("stage")
-                    .is_none()
-            );
-            tx.rollback().await.expect("rollback");
-        }
+                .expect("study");
+        assert_eq!((series, instances), (2, 2));
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM instances WHERE sop_uid = '9.1.1.2'")
+                .fetch_one(&db.pool)
+                .await
+                .expect("count");
+        assert_eq!(n, 0);
     }
 }
