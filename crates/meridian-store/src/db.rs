@@ -206,7 +206,24 @@ fn split_statements(sql: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::MIGRATIONS;
+    use super::{MIGRATIONS, sqlite_file};
+
+    #[test]
+    fn sqlite_file_of_a_url() {
+        let f = |u: &str| sqlite_file(u).map(|p| p.display().to_string());
+        assert_eq!(
+            f("sqlite:///d/index.db?mode=rwc").as_deref(),
+            Some("/d/index.db")
+        );
+        assert_eq!(
+            f("sqlite://./data/index.db").as_deref(),
+            Some("./data/index.db")
+        );
+        assert_eq!(f("sqlite:rel.db").as_deref(), Some("rel.db"));
+        assert_eq!(f("sqlite::memory:"), None);
+        assert_eq!(f("sqlite://"), None);
+        assert_eq!(f("postgres://u@h/db"), None);
+    }
 
     /// Every file in `migrations/` is in `MIGRATIONS`, numbered as named and
     /// in order: a file added to the folder but not to the list would never run.

@@ -65,7 +65,14 @@ pub(crate) fn start(
     rx: mpsc::Receiver<Job>,
     policy: DuplicatePolicy,
 ) -> Result<(), StoreError> {
-    let fast = sqlite_file.map(sqlite::Conn::open).transpose()?;
+    // Without its own connection the writer still works, every group through sqlx.
+    let fast = sqlite_file.and_then(|f| {
+        sqlite::Conn::open(f)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, file = %f.display(), "index writer: no connection of its own")
+            })
+            .ok()
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
