@@ -1,10 +1,11 @@
 //! The index writer: one task that commits index rows in groups, so the
 //! cost of a database commit is shared by concurrent associations.
 //!
-//! A group is written with a handful of statements whatever its size (one
-//! multi-row insert of the instances, one upsert per series and per study
-//! and modality), and it is staged while the files of its instances are
-//! still being written: the writer runs the statements, then waits until
+//! A group is one transaction: one upsert per series and per study and
+//! modality, and the instance rows (through sqlx one multi-row insert, a
+//! round trip to the database whatever the group's size; on the writer's own
+//! SQLite connection one prepared insert per row, with no round trip). It is
+//! staged while the files of its instances are still being written: the writer runs the statements, then waits until
 //! every file in the group is durable, and only then commits. A file that
 //! fails takes its row out of the group (the group is rolled back and
 //! written again without it), so no committed row ever lacks its file.
@@ -393,7 +394,7 @@ const UPSERT_STUDY_RECOUNT: &str = upsert_study!(
 type Q<'q, O> = sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments>;
 
 /// A statement parameter, bound through sqlx or rusqlite alike.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub(crate) enum Param<'a> {
     Text(Option<Cow<'a, str>>),
     Int(Option<i64>),
