@@ -57,7 +57,7 @@ impl Blobs {
             self.remove_blocking(key);
             return Err(e.into());
         }
-        self.finish_blocking(key, f)
+        self.finish_blocking(key, f, None)
     }
 
     /// Creates the file of a new object under its final (unique) key, for
@@ -78,10 +78,43 @@ impl Blobs {
             .open(&path)?)
     }
 
+    /// Starts making the directory entries of a file just created with
+    /// [`Blobs::create_blocking`] durable, on a blocking thread of the
+    /// current tokio runtime, while the caller still writes the file (e.g.
+    /// while its data arrives). [`Blobs::finish_blocking`] then waits for it
+    /// instead of syncing the directories after the file. `None` without
+    /// fsync or outside a runtime (the directories are synced at the end).
+    ///
+    /// Crash safety is unchanged: the index row is still committed only
+    /// after both the file and its entry are durable. An entry made durable
+    /// early for a file that is then abandoned names a file without an
+    /// index row, which is what a crash during any write can leave, and
+    /// which `fsck` reports and the abandoning writer removes.
+    pub fn start_dir_sync(&self, key: &str) -> Option<DirSync> {
+        if !self.fsync {
+            return None;
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let path = self.store.path_to_filesystem(&Self::loc(key)).ok()?;
+        let (root, synced) = (self.root.clone(), self.synced.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        runtime.spawn_blocking(move || {
+            tx.send(sync_parents(&path, &root, &synced)).ok();
+        });
+        Some(DirSync(rx))
+    }
+
     /// Makes a file from [`Blobs::create_blocking`] durable: the file, its
-    /// directory, and each newly created ancestor's parent (once). A file
-    /// that cannot be made durable is removed. Blocking.
-    pub fn finish_blocking(&self, key: &str, f: std::fs::File) -> Result<(), StoreError> {
+    /// directory, and each newly created ancestor's parent (once); the
+    /// directories through `dirs` if their sync was started early and
+    /// succeeded. A file that cannot be made durable is removed. Blocking:
+    /// call from a blocking thread, not from async code.
+    pub fn finish_blocking(
+        &self,
+        key: &str,
+        f: std::fs::File,
+        dirs: Option<DirSync>,
+    ) -> Result<(), StoreError> {
         if !self.fsync {
             return Ok(());
         }
@@ -91,6 +124,9 @@ impl Blobs {
             return Err(e.into());
         }
         drop(f);
+        if dirs.is_some_and(|d| matches!(d.0.blocking_recv(), Ok(Ok(())))) {
+            return Ok(());
+        }
         let path = self.store.path_to_filesystem(&Self::loc(key))?;
         sync_parents(&path, &self.root, &self.synced)
     }
@@ -132,6 +168,9 @@ impl Blobs {
     }
 }
 
+/// A directory sync under way ([`Blobs::start_dir_sync`]).
+pub struct DirSync(tokio::sync::oneshot::Receiver<Result<(), StoreError>>);
+
 fn sync_parents(
     path: &Path,
     root: &Path,
@@ -163,4 +202,48 @@ fn sync_parents(
         dir = up;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn no_early_directory_sync_outside_a_runtime_or_without_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(dir.path(), true).unwrap();
+        let f = blobs.create_blocking("a/b/c.dcm").unwrap();
+        assert!(blobs.start_dir_sync("a/b/c.dcm").is_none());
+        blobs.finish_blocking("a/b/c.dcm", f, None).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _inside = runtime.enter();
+        let unsynced = Blobs::local(&dir.path().join("nosync"), false).unwrap();
+        assert!(unsynced.start_dir_sync("a/b/c.dcm").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_file_finished_after_its_directory_sync_started_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(dir.path(), true).unwrap();
+        let key = "1.2/3.4/5.6.dcm";
+        let mut f = blobs.create_blocking(key).unwrap();
+        let early = blobs.start_dir_sync(key);
+        assert!(early.is_some());
+        f.write_all(b"written while the directory is synced")
+            .unwrap();
+        let b = blobs.clone();
+        tokio::task::spawn_blocking(move || b.finish_blocking(key, f, early))
+            .await
+            .unwrap()
+            .unwrap();
+        // The early sync marked the new ancestors as synced, as the late one would.
+        let synced = blobs.synced.lock().unwrap().clone();
+        assert!(synced.contains(&blobs.root.join("1.2/3.4")));
+        assert!(synced.contains(&blobs.root.join("1.2")));
+        assert_eq!(
+            &blobs.get(key).await.unwrap()[..],
+            b"written while the directory is synced"
+        );
+    }
 }

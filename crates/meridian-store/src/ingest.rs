@@ -11,6 +11,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
+use crate::blobs::DirSync;
 use crate::{Blobs, PendingIndex, Store, StoreError, StoreOutcome};
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -208,6 +209,8 @@ pub struct Stream {
 struct Streamed {
     key: String,
     file: std::fs::File,
+    /// The sync of the file's directory entry, started when it was created.
+    dirs: Option<DirSync>,
     info: InstanceInfo,
     head: Vec<u8>,
     /// Offset of Pixel Data in the data set: the header ends there.
@@ -288,9 +291,11 @@ impl Stream {
             self.blobs.remove_blocking(&key);
             return Err(());
         }
+        let dirs = self.blobs.start_dir_sync(&key);
         self.open = Some(Streamed {
             key,
             file,
+            dirs,
             info,
             head,
             pixel_data,
@@ -458,6 +463,7 @@ impl Ingest {
                 if let Some(Streamed {
                     key,
                     file,
+                    dirs,
                     info,
                     head,
                     written,
@@ -470,7 +476,7 @@ impl Ingest {
                     let blobs = store.blobs();
                     let k = key.clone();
                     let pending = store.put_with(&site, info.clone(), key, len, move || {
-                        blobs.finish_blocking(&k, file)
+                        blobs.finish_blocking(&k, file, dirs)
                     })?;
                     return Ok((info, pending, len));
                 }
