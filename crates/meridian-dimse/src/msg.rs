@@ -66,6 +66,8 @@ pub trait DataSink: Send + Sync + std::any::Any {
     /// `all`: the data set received so far (each call sees it grown by the
     /// fragment just read).
     fn feed(&mut self, all: &[u8]);
+    /// The last fragment has been fed: the data set is complete.
+    fn complete(&mut self) {}
 }
 
 /// Opens a [`DataSink`] for a message whose command set (and presentation
@@ -347,6 +349,9 @@ impl Receiver {
                         wire.read_into(&mut msg.data, n).await?;
                         if let Some(sink) = msg.sink.as_mut() {
                             sink.feed(&msg.data);
+                            if is_last {
+                                sink.complete();
+                            }
                         }
                     }
                     is_last

@@ -1241,6 +1241,9 @@ impl msg::DataSink for StoreSink {
     fn feed(&mut self, all: &[u8]) {
         self.0.feed(all);
     }
+    fn complete(&mut self) {
+        self.0.complete();
+    }
 }
 
 fn pc_ts<S>(assoc: &AsyncServerAssociation<S>, pc_id: u8) -> String {

@@ -276,7 +276,8 @@ async fn release_is_answered_and_reported() {
     assert!(released);
 }
 
-/// Records what a data sink is fed, and whether it was dropped.
+/// Records what a data sink is fed (the length of each feed; `COMPLETE`
+/// when told the data set is complete), and whether it was dropped.
 struct Recorder {
     fed: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
     dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -286,7 +287,12 @@ impl msg::DataSink for Recorder {
     fn feed(&mut self, all: &[u8]) {
         self.fed.lock().expect("lock").push(all.len());
     }
+    fn complete(&mut self) {
+        self.fed.lock().expect("lock").push(COMPLETE);
+    }
 }
+
+const COMPLETE: usize = usize::MAX;
 
 impl Drop for Recorder {
     fn drop(&mut self) {
@@ -351,6 +357,10 @@ async fn a_data_sink_is_fed_each_fragment_and_comes_back_with_its_message() {
     assert!(got.1 && !got.2, "the store's sink comes back with it");
     assert!(got.3, "an over-limit data set keeps no sink");
     assert_eq!(got.4, vec![(Some(2), 3), (Some(3), 3)]);
-    assert_eq!(*fed.lock().expect("lock"), vec![30_000, 30_005, 50_005]);
+    // Told once, after the last fragment; the over-limit one never is.
+    assert_eq!(
+        *fed.lock().expect("lock"),
+        vec![30_000, 30_005, 50_005, COMPLETE]
+    );
     assert!(dropped[1].load(std::sync::atomic::Ordering::SeqCst));
 }

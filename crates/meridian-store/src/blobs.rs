@@ -57,7 +57,7 @@ impl Blobs {
             self.remove_blocking(key);
             return Err(e.into());
         }
-        self.finish_blocking(key, f, None)
+        self.finish_blocking(key, f, Early::default())
     }
 
     /// Creates the file of a new object under its final (unique) key, for
@@ -90,45 +90,60 @@ impl Blobs {
     /// early for a file that is then abandoned names a file without an
     /// index row, which is what a crash during any write can leave, and
     /// which `fsck` reports and the abandoning writer removes.
-    pub fn start_dir_sync(&self, key: &str) -> Option<DirSync> {
+    pub fn start_dir_sync(&self, key: &str) -> Option<EarlySync> {
         if !self.fsync {
             return None;
         }
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
         let path = self.store.path_to_filesystem(&Self::loc(key)).ok()?;
         let (root, synced) = (self.root.clone(), self.synced.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        runtime.spawn_blocking(move || {
-            tx.send(sync_parents(&path, &root, &synced)).ok();
-        });
-        Some(DirSync(rx))
+        EarlySync::spawn(move || sync_parents(&path, &root, &synced))
+    }
+
+    /// Starts the fsync of a file from [`Blobs::create_blocking`] whose
+    /// every byte is written, on a blocking thread, so that it overlaps
+    /// what the caller still does before [`Blobs::finish_blocking`] (e.g.
+    /// checking the data). `None` without fsync, outside a runtime, or if
+    /// the descriptor cannot be duplicated (the file is synced at the end).
+    pub fn start_file_sync(&self, file: &std::fs::File) -> Option<EarlySync> {
+        if !self.fsync {
+            return None;
+        }
+        let f = file.try_clone().ok()?;
+        EarlySync::spawn(move || Ok(f.sync_all()?))
     }
 
     /// Makes a file from [`Blobs::create_blocking`] durable: the file, its
-    /// directory, and each newly created ancestor's parent (once); the
-    /// directories through `dirs` if their sync was started early and
-    /// succeeded. A file that cannot be made durable is removed. Blocking:
-    /// call from a blocking thread, not from async code.
+    /// directory, and each newly created ancestor's parent (once). A sync
+    /// started early ([`Blobs::start_file_sync`], [`Blobs::start_dir_sync`])
+    /// is waited for instead of done again; its failure is the file's (a
+    /// failed fsync is not retried: the kernel may have dropped the pages it
+    /// could not write). A file that cannot be made durable is removed.
+    /// Blocking: call from a blocking thread, not from async code.
     pub fn finish_blocking(
         &self,
         key: &str,
         f: std::fs::File,
-        dirs: Option<DirSync>,
+        early: Early,
     ) -> Result<(), StoreError> {
         if !self.fsync {
             return Ok(());
         }
-        if let Err(e) = f.sync_all() {
-            drop(f);
-            self.remove_blocking(key);
-            return Err(e.into());
-        }
+        let synced = match early.file.and_then(EarlySync::wait) {
+            Some(r) => r,
+            None => f.sync_all().map_err(StoreError::from),
+        };
         drop(f);
-        if dirs.is_some_and(|d| matches!(d.0.blocking_recv(), Ok(Ok(())))) {
-            return Ok(());
+        let synced = synced.and_then(|()| match early.dirs.and_then(EarlySync::wait) {
+            Some(r) => r,
+            None => {
+                let path = self.store.path_to_filesystem(&Self::loc(key))?;
+                sync_parents(&path, &self.root, &self.synced)
+            }
+        });
+        if synced.is_err() {
+            self.remove_blocking(key);
         }
-        let path = self.store.path_to_filesystem(&Self::loc(key))?;
-        sync_parents(&path, &self.root, &self.synced)
+        synced
     }
 
     /// Removes an object's file if it is there (cleaning up after a failed
@@ -168,8 +183,33 @@ impl Blobs {
     }
 }
 
-/// A directory sync under way ([`Blobs::start_dir_sync`]).
-pub struct DirSync(tokio::sync::oneshot::Receiver<Result<(), StoreError>>);
+/// Syncs of a file started before [`Blobs::finish_blocking`].
+#[derive(Default)]
+pub struct Early {
+    /// The file's fsync ([`Blobs::start_file_sync`]).
+    pub file: Option<EarlySync>,
+    /// Its directory entries' ([`Blobs::start_dir_sync`]).
+    pub dirs: Option<EarlySync>,
+}
+
+/// A sync under way on a blocking thread.
+pub struct EarlySync(tokio::sync::oneshot::Receiver<Result<(), StoreError>>);
+
+impl EarlySync {
+    fn spawn(sync: impl FnOnce() -> Result<(), StoreError> + Send + 'static) -> Option<Self> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        runtime.spawn_blocking(move || {
+            tx.send(sync()).ok();
+        });
+        Some(EarlySync(rx))
+    }
+
+    /// Its outcome; `None` if it never ran (the runtime shut down).
+    fn wait(self) -> Option<Result<(), StoreError>> {
+        self.0.blocking_recv().ok()
+    }
+}
 
 fn sync_parents(
     path: &Path,
@@ -215,7 +255,10 @@ mod tests {
         let blobs = Blobs::local(dir.path(), true).unwrap();
         let f = blobs.create_blocking("a/b/c.dcm").unwrap();
         assert!(blobs.start_dir_sync("a/b/c.dcm").is_none());
-        blobs.finish_blocking("a/b/c.dcm", f, None).unwrap();
+        assert!(blobs.start_file_sync(&f).is_none());
+        blobs
+            .finish_blocking("a/b/c.dcm", f, Early::default())
+            .unwrap();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let _inside = runtime.enter();
         let unsynced = Blobs::local(&dir.path().join("nosync"), false).unwrap();
@@ -223,16 +266,19 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_file_finished_after_its_directory_sync_started_early() {
+    async fn a_file_finished_after_its_syncs_started_early() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = Blobs::local(dir.path(), true).unwrap();
         let key = "1.2/3.4/5.6.dcm";
         let mut f = blobs.create_blocking(key).unwrap();
-        let early = blobs.start_dir_sync(key);
-        assert!(early.is_some());
-        f.write_all(b"written while the directory is synced")
-            .unwrap();
+        let dirs = blobs.start_dir_sync(key);
+        assert!(dirs.is_some());
+        let data = b"written while the directory is synced";
+        f.write_all(data).unwrap();
+        let file = blobs.start_file_sync(&f);
+        assert!(file.is_some());
         let b = blobs.clone();
+        let early = Early { file, dirs };
         tokio::task::spawn_blocking(move || b.finish_blocking(key, f, early))
             .await
             .unwrap()
@@ -241,9 +287,6 @@ mod tests {
         let synced = blobs.synced.lock().unwrap().clone();
         assert!(synced.contains(&blobs.root.join("1.2/3.4")));
         assert!(synced.contains(&blobs.root.join("1.2")));
-        assert_eq!(
-            &blobs.get(key).await.unwrap()[..],
-            b"written while the directory is synced"
-        );
+        assert_eq!(&blobs.get(key).await.unwrap()[..], data);
     }
 }

@@ -11,7 +11,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
-use crate::blobs::DirSync;
+use crate::blobs::Early;
 use crate::{Blobs, PendingIndex, Store, StoreError, StoreOutcome};
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -209,8 +209,9 @@ pub struct Stream {
 struct Streamed {
     key: String,
     file: std::fs::File,
-    /// The sync of the file's directory entry, started when it was created.
-    dirs: Option<DirSync>,
+    /// Syncs started early: the directory entry's when the file was
+    /// created, the file's when its last byte was written.
+    early: Early,
     info: InstanceInfo,
     head: Vec<u8>,
     /// Offset of Pixel Data in the data set: the header ends there.
@@ -269,6 +270,18 @@ impl Stream {
         }
     }
 
+    /// The data set is complete (every byte was fed): starts the file's
+    /// fsync, so that it overlaps the check of the data set and the hops
+    /// before [`Ingest::ingest_streamed`] waits for it. A data set the check
+    /// then refuses has its file removed as before.
+    pub fn complete(&mut self) {
+        if let Some(o) = self.open.as_mut()
+            && o.early.file.is_none()
+        {
+            o.early.file = self.blobs.start_file_sync(&o.file);
+        }
+    }
+
     /// Opens the file once the header is in: `Ok(false)` not yet.
     fn start(&mut self, all: &[u8]) -> Result<bool, ()> {
         let Some((info, pixel_data)) = parse::peek_info(all, &self.transfer_syntax, &self.limits)
@@ -291,11 +304,14 @@ impl Stream {
             self.blobs.remove_blocking(&key);
             return Err(());
         }
-        let dirs = self.blobs.start_dir_sync(&key);
+        let early = Early {
+            file: None,
+            dirs: self.blobs.start_dir_sync(&key),
+        };
         self.open = Some(Streamed {
             key,
             file,
-            dirs,
+            early,
             info,
             head,
             pixel_data,
@@ -463,7 +479,7 @@ impl Ingest {
                 if let Some(Streamed {
                     key,
                     file,
-                    dirs,
+                    early,
                     info,
                     head,
                     written,
@@ -476,7 +492,7 @@ impl Ingest {
                     let blobs = store.blobs();
                     let k = key.clone();
                     let pending = store.put_with(&site, info.clone(), key, len, move || {
-                        blobs.finish_blocking(&k, file, dirs)
+                        blobs.finish_blocking(&k, file, early)
                     })?;
                     return Ok((info, pending, len));
                 }

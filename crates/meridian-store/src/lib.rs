@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use audit::AuditFilter;
-pub use blobs::Blobs;
+pub use blobs::{Blobs, Early, EarlySync};
 pub use db::DbKind;
 pub use meridian_auth::Scope;
 use meridian_dicom::InstanceInfo;
