@@ -250,7 +250,7 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn no_early_directory_sync_outside_a_runtime_or_without_fsync() {
+    fn no_early_sync_outside_a_runtime_or_without_fsync() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = Blobs::local(dir.path(), true).unwrap();
         let f = blobs.create_blocking("a/b/c.dcm").unwrap();
@@ -263,6 +263,8 @@ mod tests {
         let _inside = runtime.enter();
         let unsynced = Blobs::local(&dir.path().join("nosync"), false).unwrap();
         assert!(unsynced.start_dir_sync("a/b/c.dcm").is_none());
+        let g = unsynced.create_blocking("a/b/c.dcm").unwrap();
+        assert!(unsynced.start_file_sync(&g).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread")]
