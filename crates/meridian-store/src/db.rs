@@ -39,14 +39,40 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
-/// The file of a `sqlite:` URL (`None` for another database or an
-/// in-memory one).
-pub(crate) fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or("");
-    (!path.is_empty() && path != ":memory:").then(|| path.into())
+/// The settings of every connection to the SQLite index, the pool's and
+/// the index writer's own.
+pub(crate) const SQLITE_PRAGMAS: &[&str] = &[
+    // WAL with FULL sync: a commit is durable when it returns.
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+    "PRAGMA busy_timeout = 10000",
+    // DICOM matching is case-sensitive; make LIKE agree with PostgreSQL.
+    "PRAGMA case_sensitive_like = ON",
+    "PRAGMA cache_size = -65536",
+    // No commit copies the WAL back into the database file (an automatic
+    // checkpoint ran inside whichever commit crossed 1 000 pages: an ingest
+    // group's or a request's audit record, tens of ms). `checkpoints` does
+    // it in the background instead.
+    "PRAGMA wal_autocheckpoint = 0",
+];
+
+/// The `sqlite:` URL of the index file `path` (created if missing). The
+/// path is percent-encoded, as sqlx decodes it: a directory name with `?`,
+/// `#` or `%` in it names that directory, not another file. A path that is
+/// not UTF-8 is refused.
+pub(crate) fn sqlite_url(path: &std::path::Path) -> Result<String, StoreError> {
+    use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+    const RESERVED: &AsciiSet = &CONTROLS.add(b'%').add(b'?').add(b'#');
+    let p = path.to_str().ok_or_else(|| {
+        StoreError::Config(format!(
+            "the index path {} is not UTF-8: give --database-url",
+            path.display()
+        ))
+    })?;
+    Ok(format!(
+        "sqlite://{}?mode=rwc",
+        utf8_percent_encode(p, RESERVED)
+    ))
 }
 
 impl Db {
@@ -66,25 +92,28 @@ impl Db {
         if kind == DbKind::Sqlite {
             opts = opts.after_connect(|conn, _meta| {
                 Box::pin(async move {
-                    // WAL with FULL sync: a commit is durable when it returns.
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    // DICOM matching is case-sensitive; make LIKE agree with PostgreSQL.
-                    conn.execute("PRAGMA case_sensitive_like = ON").await?;
-                    conn.execute("PRAGMA cache_size = -65536").await?;
-                    // No commit copies the WAL back into the database file
-                    // (an automatic checkpoint ran inside whichever commit
-                    // crossed 1 000 pages: an ingest group's or a request's
-                    // audit record, tens of ms). `checkpoints` does it in
-                    // the background instead.
-                    conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+                    for pragma in SQLITE_PRAGMAS {
+                        conn.execute(*pragma).await?;
+                    }
                     Ok(())
                 })
             });
         }
         let pool = opts.connect(url).await?;
         Ok(Db { pool, kind })
+    }
+
+    /// The file SQLite opened for the index, as SQLite names it (`None` on
+    /// PostgreSQL or for an in-memory database).
+    pub async fn sqlite_file(&self) -> Result<Option<std::path::PathBuf>, StoreError> {
+        if self.kind != DbKind::Sqlite {
+            return Ok(None);
+        }
+        let (file,): (String,) =
+            sqlx::query_as("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((!file.is_empty()).then(|| file.into()))
     }
 
     /// Begins a transaction that will write: on SQLite it takes the write
@@ -206,23 +235,28 @@ fn split_statements(sql: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{MIGRATIONS, sqlite_file};
+    use super::{Db, MIGRATIONS, sqlite_url};
 
-    #[test]
-    fn sqlite_file_of_a_url() {
-        let f = |u: &str| sqlite_file(u).map(|p| p.display().to_string());
-        assert_eq!(
-            f("sqlite:///d/index.db?mode=rwc").as_deref(),
-            Some("/d/index.db")
-        );
-        assert_eq!(
-            f("sqlite://./data/index.db").as_deref(),
-            Some("./data/index.db")
-        );
-        assert_eq!(f("sqlite:rel.db").as_deref(), Some("rel.db"));
-        assert_eq!(f("sqlite::memory:"), None);
-        assert_eq!(f("sqlite://"), None);
-        assert_eq!(f("postgres://u@h/db"), None);
+    /// The index file of a data directory whose name holds URL syntax is
+    /// that file, as SQLite opened it; an in-memory index has none.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sqlite_file_of_a_url() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["plain", "a?b#c", "100%41", "é b"] {
+            let file = dir.path().join(name).join("index.db");
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+            let db = Db::connect(&sqlite_url(&file).expect("url"))
+                .await
+                .expect("connect");
+            let opened = db.sqlite_file().await.expect("file").expect("a file");
+            assert_eq!(
+                opened.canonicalize().expect("opened"),
+                file.canonicalize().expect("created"),
+                "{name}"
+            );
+        }
+        let memory = Db::connect("sqlite::memory:").await.expect("memory");
+        assert_eq!(memory.sqlite_file().await.expect("file"), None);
     }
 
     /// Every file in `migrations/` is in `MIGRATIONS`, numbered as named and

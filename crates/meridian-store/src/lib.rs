@@ -242,10 +242,7 @@ impl Store {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let url = match &cfg.database_url {
             Some(u) => u.clone(),
-            None => format!(
-                "sqlite://{}?mode=rwc",
-                cfg.data_dir.join("index.db").display()
-            ),
+            None => db::sqlite_url(&cfg.data_dir.join("index.db"))?,
         };
         let db = db::Db::connect(&url).await?;
         db.migrate().await?;
@@ -254,7 +251,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(4096);
         writer::start(
             db.clone(),
-            db::sqlite_file(&url).as_deref(),
+            db.sqlite_file().await?.as_deref(),
             rx,
             cfg.duplicate_policy,
         )?;

@@ -5,10 +5,11 @@
 //! modality, and the instance rows (through sqlx one multi-row insert, a
 //! round trip to the database whatever the group's size; on the writer's own
 //! SQLite connection one prepared insert per row, with no round trip). It is
-//! staged while the files of its instances are still being written: the writer runs the statements, then waits until
-//! every file in the group is durable, and only then commits. A file that
-//! fails takes its row out of the group (the group is rolled back and
-//! written again without it), so no committed row ever lacks its file.
+//! staged while the files of its instances are still being written: the
+//! writer runs the statements, then waits until every file in the group is
+//! durable, and only then commits. A file that fails takes its row out of
+//! the group (the group is rolled back and written again without it), so no
+//! committed row ever lacks its file.
 //!
 //! On SQLite the common group (new instances of studies of the sending
 //! site) is written by [`sqlite::Conn`], on a connection the writer's thread
@@ -291,7 +292,7 @@ impl<'a> Groups<'a> {
 fn insert_instances(rows: usize, from: usize, returning: &str) -> String {
     format!(
         "{INSERT_INSTANCES}{} ON CONFLICT (sop_uid) DO NOTHING RETURNING {returning}",
-        shift_params(&values(rows, 13), from)
+        shift_params(&values(rows, INSTANCE_PARAMS), from)
     )
 }
 
@@ -425,6 +426,12 @@ fn bind<'q, O>(mut q: Q<'q, O>, params: Vec<Param<'q>>) -> Q<'q, O> {
     }
     q
 }
+
+/// Parameters of an `INSERT_INSTANCES` row, an `UPSERT_SERIES` and an
+/// `UPSERT_STUDY` (each builder below gives that many).
+const INSTANCE_PARAMS: usize = 13;
+const SERIES_PARAMS: usize = 10;
+const STUDY_PARAMS: usize = 19;
 
 /// Instance row parameters ($1..$13 of an `INSERT_INSTANCES` row).
 fn instance_params(job: &Job, now: i64) -> Vec<Param<'_>> {
@@ -706,9 +713,18 @@ mod tests {
         assert_eq!(shift_params("a = $1 || '$'", 2), "a = $3 || '$'");
     }
 
+    /// The parameter builders give as many parameters as their statements take.
+    #[test]
+    fn parameter_builders_fill_their_statements() {
+        let j = job("a", "9.1", "9.1.1", "9.1.1.1", "CT");
+        assert_eq!(instance_params(&j, 1).len(), INSTANCE_PARAMS);
+        assert_eq!(series_params("9.1.1", &j.info, 1, 1).len(), SERIES_PARAMS);
+        assert_eq!(study_params(&j, "CT", 1, 1, 1).len(), STUDY_PARAMS);
+    }
+
     async fn sqlite_db(dir: &std::path::Path, name: &str) -> (Db, std::path::PathBuf) {
         let file = dir.join(name);
-        let url = format!("sqlite://{}?mode=rwc", file.display());
+        let url = crate::db::sqlite_url(&file).expect("url");
         let db = Db::connect(&url).await.expect("db");
         db.migrate().await.expect("migrate");
         (db, file)

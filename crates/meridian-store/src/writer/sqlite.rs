@@ -5,8 +5,8 @@
 //! back, and each row a statement returns is one more: a group of one cost
 //! about six thread wake-ups, some of them after its file was durable, on
 //! the path to the C-STORE response. Here the statements run in the
-//! writer's thread itself (prepared once, parameters bound by their `$n`
-//! names), so staging costs no wake-up and the commit one fsync.
+//! writer's thread itself (prepared once, each `$n` bound to its value by an order worked
+//! out when the connection opens), so staging costs no wake-up and the commit one fsync.
 //!
 //! The path writes what the general path would (`writer::tests` checks the
 //! rows) and assumes the same: every instance new, every study the sender's.
@@ -17,12 +17,14 @@
 use std::path::Path;
 
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{Connection, OpenFlags, Statement, ToSql};
+use rusqlite::{CachedStatement, Connection, OpenFlags, Statement, ToSql};
 
 use super::{
-    Fates, Groups, Job, Param, UPSERT_SERIES, UPSERT_STUDY_RECOUNT, Written, file_failed,
-    insert_instances, instance_params, series_params, study_params,
+    Fates, Groups, INSTANCE_PARAMS, Job, Param, SERIES_PARAMS, STUDY_PARAMS, UPSERT_SERIES,
+    UPSERT_STUDY_RECOUNT, Written, file_failed, insert_instances, instance_params, series_params,
+    study_params,
 };
+use crate::db::SQLITE_PRAGMAS;
 use crate::{StoreError, now_ms};
 
 impl ToSql for Param<'_> {
@@ -39,7 +41,53 @@ impl ToSql for Param<'_> {
 pub(crate) struct Conn {
     c: Connection,
     /// `INSERT_INSTANCES` for one row, returning `'i'` when it is new.
-    insert_one: String,
+    insert_one: Bound,
+    series: Bound,
+    study: Bound,
+}
+
+/// A statement the writer runs, and which of its `Param`s each of its
+/// parameters takes (SQLite numbers `$n` parameters by first appearance,
+/// not by `n`), worked out once when the connection opens.
+struct Bound {
+    sql: String,
+    /// For SQLite's parameter `i + 1`, the index of its `Param`.
+    order: Vec<usize>,
+}
+
+impl Bound {
+    /// `sql`, whose parameters are `$1`..`$params`.
+    fn new(c: &Connection, sql: String, params: usize) -> Result<Bound, StoreError> {
+        let stmt = c.prepare_cached(&sql)?;
+        let order = (1..=stmt.parameter_count())
+            .map(|i| {
+                let name = stmt.parameter_name(i).unwrap_or("?");
+                name.strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|n| (1..=params).contains(n))
+                    .map(|n| n - 1)
+                    .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.to_owned()))
+            })
+            .collect::<Result<_, _>>()?;
+        drop(stmt);
+        Ok(Bound { sql, order })
+    }
+
+    /// The statement, from the connection's cache.
+    fn prepare<'c>(&self, c: &'c Connection) -> rusqlite::Result<CachedStatement<'c>> {
+        c.prepare_cached(&self.sql)
+    }
+
+    /// Binds `params` (as many as `new` was told) to `stmt`.
+    fn bind(&self, stmt: &mut Statement<'_>, params: &[Param<'_>]) -> rusqlite::Result<()> {
+        for (i, &n) in self.order.iter().enumerate() {
+            let p = params
+                .get(n)
+                .ok_or(rusqlite::Error::InvalidParameterCount(n + 1, params.len()))?;
+            stmt.raw_bind_parameter(i + 1, p)?;
+        }
+        Ok(())
+    }
 }
 
 impl Conn {
@@ -51,11 +99,9 @@ impl Conn {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        c.execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
-             PRAGMA case_sensitive_like = ON; PRAGMA cache_size = -65536; \
-             PRAGMA wal_autocheckpoint = 0;",
-        )?;
+        for pragma in SQLITE_PRAGMAS {
+            c.execute_batch(pragma)?;
+        }
         let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Config(format!(
@@ -63,8 +109,10 @@ impl Conn {
             )));
         }
         Ok(Conn {
+            insert_one: Bound::new(&c, insert_instances(1, 0, "'i'"), INSTANCE_PARAMS)?,
+            series: Bound::new(&c, UPSERT_SERIES.to_owned(), SERIES_PARAMS)?,
+            study: Bound::new(&c, UPSERT_STUDY_RECOUNT.to_owned(), STUDY_PARAMS)?,
             c,
-            insert_one: insert_instances(1, 0, "'i'"),
         })
     }
 
@@ -134,23 +182,26 @@ impl Conn {
     /// The rows of `jobs[pick]`; `false` when an instance is known or a
     /// study belongs to another site.
     fn stage_rows(&self, jobs: &[Job], pick: &[usize], now: i64) -> rusqlite::Result<bool> {
-        let mut insert = self.c.prepare_cached(&self.insert_one)?;
+        let mut insert = self.insert_one.prepare(&self.c)?;
         for &k in pick {
-            bind_named(&mut insert, &instance_params(&jobs[k], now))?;
+            self.insert_one
+                .bind(&mut insert, &instance_params(&jobs[k], now))?;
             if insert.raw_query().next()?.is_none() {
                 return Ok(false); // known already: the duplicate policy decides
             }
         }
         let g = Groups::of(jobs, pick);
-        let mut series = self.c.prepare_cached(UPSERT_SERIES)?;
+        let mut series = self.series.prepare(&self.c)?;
         for &(uid, k, count) in &g.series {
-            bind_named(&mut series, &series_params(uid, &jobs[k].info, now, count))?;
+            self.series
+                .bind(&mut series, &series_params(uid, &jobs[k].info, now, count))?;
             series.raw_execute()?;
         }
-        let mut study = self.c.prepare_cached(UPSERT_STUDY_RECOUNT)?;
+        let mut study = self.study.prepare(&self.c)?;
         for &(_, modality, k, count, _) in &g.studies {
             // The series count is recounted in SQL here: parameter $16 is unused.
-            bind_named(&mut study, &study_params(&jobs[k], modality, now, 0, count))?;
+            self.study
+                .bind(&mut study, &study_params(&jobs[k], modality, now, 0, count))?;
             if study.raw_query().next()?.is_none() {
                 return Ok(false); // another site's study
             }
@@ -180,19 +231,4 @@ fn common(jobs: &[Job], pick: &[usize]) -> bool {
                 .or_insert(jobs[k].site.as_str())
                 == jobs[k].site
     })
-}
-
-/// Binds each `$n` of `stmt` to `params[n - 1]` (SQLite numbers named
-/// parameters by first appearance, not by name).
-fn bind_named(stmt: &mut Statement<'_>, params: &[Param<'_>]) -> rusqlite::Result<()> {
-    for i in 1..=stmt.parameter_count() {
-        let name = stmt.parameter_name(i).unwrap_or("?");
-        let n = name
-            .strip_prefix('$')
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| (1..=params.len()).contains(n))
-            .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.to_owned()))?;
-        stmt.raw_bind_parameter(i, &params[n - 1])?;
-    }
-    Ok(())
 }
